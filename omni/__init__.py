@@ -1,0 +1,1 @@
+"""TinyOmni: the shared package behind the five stage scripts."""

@@ -1,0 +1,100 @@
+"""Device, precision and distributed set-up, chosen once per run.
+
+- device "auto": cuda if there is one, then Apple's mps, then cpu.
+- dtype "auto": bf16 autocast on a GPU that supports it, fp16 autocast with a gradient scaler on
+  an older GPU, fp32 on cpu (bf16 matmuls on a typical CPU are many times slower than fp32) and on
+  mps (its autocast is less mature). Weights always stay fp32; autocast runs the matmuls in low
+  precision (the usual "mixed precision" recipe).
+- `torchrun --nproc_per_node=N script.py ...` sets WORLD_SIZE/RANK/LOCAL_RANK: then each process
+  takes one GPU (or, on a CPU-only machine, runs with the gloo backend) and the training loop
+  wraps the model in DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from omni.config import UserError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    device: torch.device  # where the model and batches live
+    dtype: torch.dtype  # the autocast dtype (float32 means autocast is off)
+    rank: int = 0  # this process's index among world_size processes
+    world_size: int = 1  # number of processes (1 unless started with torchrun)
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def needs_scaler(self) -> bool:
+        """fp16 has a narrow range: a gradient scaler keeps small gradients from underflowing."""
+        return self.dtype == torch.float16
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device: '{name}' asked for, but this machine has no CUDA GPU (use auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device: 'mps' asked for, but it is not available here (use auto or cpu)")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise UserError(f"train.device: unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"train.dtype: unknown dtype '{name}' (use auto, fp32, bf16 or fp16)")
+    return DTYPES[name]
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+    """Choose device and precision; join the process group when started by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            dev = torch.device("cuda", local_rank)
+        else:
+            dev = torch.device("cpu")
+        return Runtime(dev, pick_dtype(dtype, dev), rank, world_size)
+    dev = pick_device(device)
+    return Runtime(dev, pick_dtype(dtype, dev))
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor in a (nested) dict/list/tuple batch to `device`."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
