@@ -56,7 +56,8 @@ class TextStageConfig:
 DEBUG = {"model.vocab_size": 512, "model.d_model": 32, "model.n_layer": 1, "model.n_head": 2,
          "model.n_kv_head": 1, "model.max_seq_len": 64, "data.seq_len": 32, "data.eval_tokens": 2048,
          "data.sample_tokens": 8, "train.max_steps": 6, "train.batch_size": 4, "train.warmup_steps": 2,
-         "train.eval_every": 3, "train.log_every": 2, "train.ckpt_every": 3, "train.out_dir": "runs/debug_text"}
+         "train.eval_every": 3, "train.log_every": 2, "train.ckpt_every": 3, "train.out_dir": "runs/debug_text",
+         "train.overwrite": True}
 
 
 def main(cfg: TextStageConfig) -> dict:
@@ -71,7 +72,7 @@ def main(cfg: TextStageConfig) -> dict:
     # 2. Data: tokenizer trained on the training chapters only, then two id streams ----------
     train_paras, val_paras = split_corpus(repo_path(cfg.data.corpus), cfg.data.val_every)
     tok_path = run_dir / "tokenizer.model"
-    if cfg.train.resume and tok_path.exists():
+    if tok_path.exists() and not cfg.train.overwrite:
         tok = Tokenizer(tok_path)  # a resumed run must keep the ids it was trained with
     else:
         tok = train_tokenizer(train_paras, tok_path, cfg.model.vocab_size)

@@ -2,7 +2,8 @@
 
 - Byte fallback: a character the vocabulary lacks is spelled as its UTF-8 bytes, so every
   string round-trips exactly (`decode(encode(s)) == s`) and there is no <unk> in practice.
-- "identity" normalization and kept whitespace, again so that decoding gives back the text.
+- "identity" normalization, kept whitespace and no added leading space (as in GPT-2's and
+  Qwen's BPE), so that decoding gives back the text and token bytes add up to the text's bytes.
 - Fixed ids 0-3 for <pad>, <unk>, <s> (beginning of text) and </s> (end of text), then the
   special tokens of later stages, reserved now so that every later stage shares one
   vocabulary: chat turns in the ChatML style of Qwen (<|im_start|>user ... <|im_end|>),
@@ -86,6 +87,6 @@ def _train(texts: list[str], model: io.BytesIO, vocab_size: int) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, max_sentence_length=1 << 20, hard_vocab_limit=False,
+        remove_extra_whitespaces=False, add_dummy_prefix=False, max_sentence_length=1 << 20, hard_vocab_limit=False,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
         user_defined_symbols=SPECIAL_TOKENS, num_threads=1, minloglevel=2)

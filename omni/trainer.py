@@ -53,6 +53,7 @@ class TrainConfig:
     keep_last: int = 3  # step checkpoints kept on disk (0 = all)
     stop_at_step: int = 0  # stop early at this step as if interrupted (0 = run to max_steps)
     resume: str = ""  # checkpoint to continue from: a path, "auto" = newest in out_dir, "" = fresh
+    overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in out_dir
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "auto"  # autocast precision: auto, fp32, bf16 or fp16
     threads: int = 0  # CPU threads for torch (0 = torch's default)
@@ -143,6 +144,12 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
         if rt.is_main:
             print(f"resumed from {resume_path} at step {step}")
     else:
+        old = ckpt.step_checkpoints(run_dir)
+        if old and not cfg.overwrite:
+            raise UserError(f"{cfg.out_dir} already holds a run ({old[-1].name}): continue it with "
+                            "--resume auto, or start again with --train.overwrite=true")
+        for p in [*old, run_dir / "latest.pt", run_dir / "best.pt"]:
+            p.unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)  # the stage built its model under its own seed; this seeds dropout
     train_model = model
     if rt.world_size > 1:

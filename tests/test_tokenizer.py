@@ -1,0 +1,40 @@
+"""The Thinker's tokenizer: exact round trips, reserved special tokens, byte accounting."""
+import pytest
+
+from omni.config import UserError
+from omni.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Tokenizer, train_tokenizer
+
+TEXT = ["It is a truth universally acknowledged, that a single man in possession of a good fortune,",
+        "must be in want of a wife.", "Emma Woodhouse, handsome, clever, and rich, with a comfortable home"] * 20
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return train_tokenizer(TEXT, tmp_path_factory.mktemp("tok") / "tokenizer.model", vocab_size=400)
+
+
+@pytest.mark.parametrize("s", ["Emma said,\n“Hello  there” — 123", "  leading and trailing  ", "café ß 日本",
+                               "<|im_start|>user\nwhat colour is the circle?<|im_end|>"])
+def test_round_trip_is_exact(tok, s):
+    assert tok.decode(tok.encode(s)) == s
+
+
+def test_special_ids_are_fixed_and_single_tokens(tok):
+    assert (tok.pad_id, tok.bos_id, tok.eos_id) == (PAD_ID, BOS_ID, EOS_ID) == (0, 2, 3)
+    for piece in SPECIAL_TOKENS:
+        assert tok.encode(piece) == [tok.token_id(piece)]
+    assert tok.encode("a", bos=True, eos=True)[0] == BOS_ID and tok.encode("a", eos=True)[-1] == EOS_ID
+
+
+def test_token_bytes_add_up_to_the_text(tok):
+    s = "Emma, handsome and clever, said “yes”.\n"
+    nbytes = tok.token_bytes()
+    ids = tok.encode(s)
+    assert sum(nbytes[i] for i in ids) == len(s.encode())
+
+
+def test_missing_model_and_too_small_vocab_are_clear(tmp_path):
+    with pytest.raises(UserError, match="tokenizer model not found"):
+        Tokenizer(tmp_path / "nope.model")
+    with pytest.raises(UserError, match="model.vocab_size=50"):
+        train_tokenizer(TEXT, tmp_path / "t.model", vocab_size=50)

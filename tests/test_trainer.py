@@ -1,0 +1,101 @@
+"""The shared training loop: schedule, checkpoints, exact resume, the NaN guard."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from omni import checkpoint
+from omni.config import UserError
+from omni.trainer import Task, TrainConfig, fit, lr_at
+from tests.conftest import assert_resume_exact
+
+
+def test_lr_schedule_warms_up_then_decays_to_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 110))
+
+
+def _regression_task(poison_at=None):
+    """y = x @ w_true with a linear model; batch i is drawn from a generator seeded by i."""
+    torch.manual_seed(0)
+    w_true = torch.randn(8, 1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.Linear(16, 1))
+
+    def get_batch(i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(32, 8, generator=g)
+        y = x @ w_true
+        if poison_at is not None and i >= poison_at:
+            y = y * float("nan")
+        return x, y
+
+    def loss(m, b):
+        return nn.functional.mse_loss(m(b[0]), b[1]), {}
+
+    def evaluate(m):
+        x, y = get_batch(10_000)
+        return {"loss": nn.functional.mse_loss(m(x), y).item()}
+
+    return Task(model, get_batch, loss, evaluate)
+
+
+def test_fit_learns_and_writes_run_dir(tmp_path):
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=60, lr=1e-2, warmup_steps=5, eval_every=20,
+                      ckpt_every=20, log_every=10, keep_last=2, weight_decay=0.0)
+    out = fit(_regression_task(), cfg, {"note": "test"})
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    evals = [r["loss"] for r in records if r["kind"] == "eval"]
+    assert evals[-1] < 0.2 * evals[0]
+    assert out["loss"] == evals[-1]
+    assert [p.name for p in checkpoint.step_checkpoints(tmp_path)] == ["step_000040.pt", "step_000060.pt"]
+    for name in ("latest.pt", "best.pt", "config.json", "meta.json", "curves.png"):
+        assert (tmp_path / name).exists(), name
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["best"]["value"] == min(evals) and best["config"] == {"note": "test"}
+
+
+def test_grad_accum_sums_micro_batches(tmp_path):
+    """Two micro-batches of 32 accumulate to the gradient of their mean: same as one step on both."""
+    t = _regression_task()
+    t.model = nn.Linear(8, 1)
+    init = {k: v.clone() for k, v in t.model.state_dict().items()}
+    fit(t, TrainConfig(out_dir=str(tmp_path / "a"), max_steps=1, grad_accum=2, warmup_steps=1), {})
+    a = t.model.weight.detach().clone()
+    t.model.load_state_dict(init)
+    both = [t.get_batch(0), t.get_batch(1)]
+    t.get_batch = lambda i: (torch.cat([b[0] for b in both]), torch.cat([b[1] for b in both]))
+    fit(t, TrainConfig(out_dir=str(tmp_path / "b"), max_steps=1, grad_accum=1, warmup_steps=1), {})
+    assert torch.allclose(a, t.model.weight.detach(), atol=1e-6)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=30, ckpt_every=5, eval_every=100, log_every=5)
+    with pytest.raises(UserError, match=r"loss became nan at step 12.*step_000010\.pt"):
+        fit(_regression_task(poison_at=12), cfg, {})
+    last = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert last["step"] == 10 and all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+def test_frozen_prefix_does_not_move(tmp_path):
+    t = _regression_task()
+    before = t.model[0].weight.detach().clone()
+    fit(t, TrainConfig(out_dir=str(tmp_path), max_steps=5, lr_scale={"0.": 0.0}), {})
+    assert torch.equal(before, t.model[0].weight) and not t.model[0].weight.requires_grad
+
+
+def test_resume_is_exact_for_stage_a(tmp_path):
+    assert_resume_exact("train_text", tmp_path)
+
+
+def test_broken_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "step_000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read this checkpoint"):
+        checkpoint.load_checkpoint(bad)
+    with pytest.raises(UserError, match="not found"):
+        checkpoint.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
