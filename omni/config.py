@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import sys
 import typing
 from pathlib import Path
@@ -163,7 +164,10 @@ def _validate(cfg) -> None:
     for f in dataclasses.fields(cfg):
         sub = getattr(cfg, f.name)
         if dataclasses.is_dataclass(sub) and hasattr(sub, "__post_init__"):
-            sub.__post_init__()
+            try:
+                sub.__post_init__()
+            except ValueError as e:  # "ThinkerConfig.n_head: ..." -> "model.n_head: ...", the key users type
+                raise ValueError(str(e).replace(f"{type(sub).__name__}.", f"{f.name}.")) from None
 
 
 def to_dict(cfg) -> dict:
@@ -180,7 +184,9 @@ def from_dict(cls, d: dict, where: str = "checkpoint"):
 
 def run(main, cls, debug: dict | None = None, argv: list[str] | None = None):
     """The entry point of every stage script: parse the config, run `main`, and turn a
-    `UserError` into one line on stderr and a non-zero exit."""
+    `UserError` into one line on stderr and a non-zero exit. Under torchrun only rank 0 prints."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     try:
         return main(parse_args(cls, argv, debug))
     except UserError as e:

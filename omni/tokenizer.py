@@ -15,6 +15,7 @@ Reference: Kudo & Richardson, "SentencePiece" (2018); Sennrich et al., "BPE" (20
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import sentencepiece as spm
@@ -79,7 +80,9 @@ def train_tokenizer(texts: list[str], model_path: str | Path, vocab_size: int) -
                         f"({str(e).split('] ')[-1]})") from None
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(model.getvalue())
+    tmp = model_path.with_name(f"{model_path.name}.{os.getpid()}.tmp")  # under torchrun every rank
+    tmp.write_bytes(model.getvalue())  # trains the same model; each replaces the file atomically
+    os.replace(tmp, model_path)
     return Tokenizer(model_path)
 
 
