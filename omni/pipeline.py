@@ -26,6 +26,11 @@ STAGES = {
           "runs/thinker_tiny",
           [("bpb", "held-out bits per byte", "{:.3f}"), ("unigram_bpb", "unigram reference", "{:.3f}"),
            ("ppl", "held-out perplexity", "{:.1f}")]),
+    "C": ([["-m", "omni.shapes", "--out", "data/shapes_tiny"],
+           ["train_vision.py", "--config", "configs/vision_tiny.json", "--resume", "auto"]],
+          "runs/vision_tiny",
+          [("test_t2i", "unseen-pair caption->image top-1 of 10", "{:.1%}"),
+           ("test_colour", "unseen-pair colour", "{:.1%}"), ("test_shape", "unseen-pair shape", "{:.1%}")]),
 }
 
 
