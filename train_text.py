@@ -115,7 +115,8 @@ def main(cfg: TextStageConfig) -> dict:
             ids = torch.tensor([tok.encode(prompt)], device=device)
             out = generate(m, ids, cfg.data.sample_tokens, cfg.data.temperature, cfg.data.top_k,
                            generator=g)
-            print(f"  sample | {prompt}{tok.decode(out[0, ids.size(1):].tolist())!r}"[:200])
+            text = tok.decode(out[0, ids.size(1):].tolist()).replace("\n", " / ")  # one line a sample
+            print(f"  sample | [{prompt}]{text}")  # the prompt in brackets, then what the model wrote
         return {"loss": loss, "ppl": math.exp(loss), "bpb": nats / math.log(2) / val_bytes}
 
     # 5. The loop ------------------------------------------------------------------------------

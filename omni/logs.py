@@ -44,7 +44,8 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     metrics = sorted({k for r in evals for k in r if k not in ("kind", "step", "time")})
-    n = 1 + len(metrics)
+    others = [m for m in metrics if m != "loss"]  # "loss" shares the first panel with the train loss
+    n = 1 + len(others)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -56,7 +57,6 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     ax.set_title("loss")
     ax.set_xlabel("step")
     ax.legend()
-    others = [m for m in metrics if m != "loss"]
     for i, m in enumerate(others, start=1):
         ax = axes[i // cols][i % cols]
         pts = [(r["step"], r[m]) for r in evals if m in r]
