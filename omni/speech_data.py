@@ -1,0 +1,228 @@
+"""Build TinyOmni's speech data offline: sentences spoken by many synthetic voices.
+
+    python -m omni.speech_data --out data/speech_tiny            # about 2 minutes on 2 cores
+
+Sentences come from two places: short sentences of the Austen novels (`data/austen`, the stage A
+corpus) and the captions, questions and answers of the tiny image world (`omni/shapes.py`) that
+stages C and E use. eSpeak NG (`omni/tts.py`) speaks them. A voice identity is an accent (British,
+American, Scottish, ...) x a variant (eSpeak's timbres: m1..m8, f1, f4, klatt, ...) with its own
+speaking rate and pitch.
+
+Splits (the point of the test split is generalisation to new speakers, not memory):
+- train: voices made of the training variants (in every accent);
+- val:   the same voices as train, Austen sentences never used in training;
+- test:  only voices whose variant never occurs in training, in any accent (optionally whole
+         accents too, --test-accents), and Austen sentences never used in training.
+The image-world sentences come from a small grammar, so the same one can occur in two splits;
+what the test split holds out there is the voice.
+Output: `wav/*.wav` (16 kHz mono) and `train.jsonl`, `val.jsonl`, `test.jsonl` with one line per
+clip: {"audio": "wav/train_000000.wav", "text": ..., "speaker": ..., "duration": seconds,
+"source": "austen" or "world"} (`source` is optional in a manifest; it lets the stage report
+error rates per kind of sentence).
+
+Determinism: the same seed gives the same sentences, voices and audio. eSpeak keeps state from one
+utterance to the next (pitch flutter phase, noise generators), so each shard of clips is spoken in
+a fresh process, in a fixed order; variants with breath noise are left out because eSpeak's breath
+noise differs from run to run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import soundfile as sf
+
+from omni import shapes
+from omni.config import UserError
+from omni.paths import repo_path
+from omni.text_data import CHAPTER_RE, paragraphs
+from omni.tts import Voice, english_accents, synthesize, voice_variants
+
+# Variants that sound like a person (no robots, echoes, whispers or breath noise).
+VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Andy", "Denis", "Gene", "Jacky", "Mike",
+            "max", "paul", "quincy", "robert", "travis", "michel", "boris", "ed", "Lee", "marcelo",
+            "f1", "f4", "Annie", "Andrea", "anika", "aunty", "belinda", "linda", "steph", "steph2", "shelby",
+            "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "adam", "benjamin", "david", "edward"]
+TEST_VARIANTS = ["m3", "f4", "klatt3", "steph", "travis", "Gene"]  # never heard in training, in any accent
+TEST_ACCENTS: list[str] = []  # accents never heard in training (try en-gb-scotland: a harder test)
+SPLITS = ("train", "val", "test")
+ABBREV = ("Mr.", "Mrs.", "Dr.", "St.")  # a full stop after these does not end a sentence
+
+
+def normalize(text: str) -> str:
+    """The transcript of a spoken sentence: lower case, words and inner apostrophes only."""
+    text = re.sub(r"[-_]", " ", text.lower())
+    words = [w.strip("'") for w in re.sub(r"[^a-z' ]", " ", text).split()]
+    return " ".join(w for w in words if w)
+
+
+def austen_sentences(folder: Path, min_words: int = 4, max_words: int = 10,
+                     top_words: int = 1000) -> list[str]:
+    """Short sentences that eSpeak reads as written: letters and punctuation only (no digits,
+    which it would speak as words the transcript does not hold), no all-caps words (it may spell
+    them), no headings, and only the `top_words` most frequent words of the novels, so that a
+    model trained on a few hours of speech has heard every word it is asked to spell (the test
+    is about new voices, not about spelling words never heard)."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise UserError(f"{folder}: no .txt books found; the Austen corpus belongs in data/austen")
+    books = [CHAPTER_RE.sub("", f.read_text(encoding="utf-8")) for f in files]
+    common = {w for w, _ in Counter(w for b in books for w in normalize(b).split()).most_common(top_words)}
+    out = []
+    for book in books:
+        for para in paragraphs(book):
+            pieces, merged = re.split(r"(?<=[.!?])\s+", para.replace("_", "")), []
+            for p in pieces:  # glue "Mr." back to the name that follows it
+                if merged and merged[-1].endswith(ABBREV):
+                    merged[-1] += " " + p
+                else:
+                    merged.append(p)
+            for s in merged:
+                s = s.strip("\"' -")
+                words = normalize(s).split()
+                if (min_words <= len(s.split()) <= max_words and re.fullmatch(r"[A-Za-z ,.;:!?'\"-]+", s)
+                        and not re.search(r"\b[A-Z]{2,}\b", s) and words and set(words) <= common):
+                    out.append(s)
+    return sorted(set(out))
+
+
+def world_sentence(rng: random.Random) -> str:
+    """A caption, a question or an answer about a random picture of the tiny image world."""
+    objects = shapes.sample_objects(rng, must_hold_out=False)
+    kind = rng.random()
+    if kind < 0.4:
+        return shapes.caption(objects[: rng.randint(1, 2)])  # one or two objects: 2-4 seconds
+    qa = rng.choice(shapes.questions(objects, rng, avoid_held_out=True))
+    if kind < 0.85:
+        return qa["q"]
+    o = rng.choice(objects)
+    return rng.choice([f"the {o['shape']} is {o['colour']}", f"it is {shapes.WHERE[o['position']]}",
+                       f"there are {shapes.COUNT_WORDS[len(objects) - 1]} shapes", f"yes, it is {qa['a']}"])
+
+
+def make_voices(rng: random.Random, test_accents: list[str], test_variants: list[str],
+                rate: tuple[int, int], pitch: tuple[int, int]) -> dict[str, list[Voice]]:
+    """Every accent x variant pair is one speaker with its own rate and pitch. Pairs with a
+    held-out accent or variant speak only in the test split."""
+    for name in test_variants:
+        if name not in VARIANTS:
+            raise UserError(f"--test-variants: '{name}' is not one of {', '.join(VARIANTS)}")
+    for name in test_accents:
+        if name not in english_accents():
+            raise UserError(f"--test-accents: '{name}' is not one of {', '.join(english_accents())}")
+    known = set(voice_variants())
+    voices: dict[str, list[Voice]] = {"train": [], "test": []}
+    for accent in english_accents():
+        for variant in VARIANTS:
+            if variant not in known:  # an older espeak-ng-data may lack a named variant
+                continue
+            v = Voice(accent, variant, rng.randint(*rate), rng.randint(*pitch))
+            voices["test" if accent in test_accents or variant in test_variants else "train"].append(v)
+    voices["val"] = voices["train"]
+    return voices
+
+
+def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
+         test_accents: list[str], test_variants: list[str], rate=(140, 200), pitch=(30, 70)) -> list[dict]:
+    """Every clip to make (split, index, sentence, voice), decided up front from the seed."""
+    rng = random.Random(seed)
+    voices = make_voices(rng, test_accents, test_variants, rate, pitch)
+    book = austen_sentences(corpus)
+    rng.shuffle(book)
+    n_book = {s: round(sizes[s] * austen_share) for s in SPLITS}
+    if sum(n_book.values()) > len(book):
+        raise UserError(f"{corpus}: only {len(book)} short sentences for {sum(n_book.values())} "
+                        "Austen clips; lower the sizes or --austen-share")
+    clips, start = [], 0
+    for split in SPLITS:  # disjoint slices: no Austen sentence is in two splits
+        texts = [(t, "austen") for t in book[start: start + n_book[split]]]
+        texts += [(world_sentence(rng), "world") for _ in range(sizes[split] - n_book[split])]
+        start += n_book[split]
+        rng.shuffle(texts)
+        for i, (text, source) in enumerate(texts):
+            clips.append({"split": split, "index": i, "spoken": text, "source": source,
+                          "voice": rng.choice(voices[split])})
+    return clips
+
+
+def _speak_shard(args: tuple[list[dict], str]) -> list[dict]:
+    """Runs in a fresh process: synthesize, write wavs, return manifest rows."""
+    shard, out = args
+    rows = []
+    for c in shard:
+        wav = synthesize(c["spoken"], c["voice"])
+        rel = f"wav/{c['split']}_{c['index']:06d}.wav"
+        sf.write(Path(out) / rel, wav, 16000, subtype="PCM_16")
+        rows.append({"split": c["split"], "index": c["index"], "audio": rel, "text": normalize(c["spoken"]),
+                     "speaker": c["voice"].speaker_id, "duration": round(len(wav) / 16000, 3),
+                     "source": c["source"]})
+    return rows
+
+
+def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, test: int = 600,
+          austen_share: float = 0.25, corpus: str = "data/austen", test_accents=TEST_ACCENTS,
+          test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2) -> dict[str, Path]:
+    """Write the data set to `out`; returns {split: manifest path}. A folder already built with the
+    same settings is left as it is (its build.json says how it was made)."""
+    t0 = time.time()
+    out_dir = repo_path(out)
+    settings = {"seed": seed, "train": train, "val": val, "test": test, "austen_share": austen_share,
+                "corpus": corpus, "test_accents": list(test_accents), "test_variants": list(test_variants),
+                "shards": shards}
+    paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+    done = out_dir / "build.json"
+    built = done.is_file() and json.loads(done.read_text()) == settings
+    if built and all(p.is_file() for p in paths.values()):
+        print(f"{out}: already built with these settings (see {done.name}); delete the folder to rebuild")
+        return paths
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    clips = plan(seed, {"train": train, "val": val, "test": test}, austen_share, repo_path(corpus),
+                 list(test_accents), list(test_variants))
+    jobs = [(clips[k::shards], str(out_dir)) for k in range(shards)]
+    # spawn + one task per process: every shard starts from eSpeak's freshly loaded state
+    with mp.get_context("spawn").Pool(max(1, min(workers, shards)), maxtasksperchild=1) as pool:
+        rows = [r for part in pool.map(_speak_shard, jobs, chunksize=1) for r in part]
+    rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["index"]))
+    for split in SPLITS:
+        keys = ("audio", "text", "speaker", "duration", "source")
+        part = [{k: r[k] for k in keys} for r in rows if r["split"] == split]
+        paths[split].write_text("".join(json.dumps(r) + "\n" for r in part))
+        hours = sum(r["duration"] for r in part) / 3600
+        print(f"{split:>5}: {len(part):5d} clips, {hours:.2f} h, {len({r['speaker'] for r in part})} voices "
+              f"-> {Path(out) / paths[split].name}")
+    done.write_text(json.dumps(settings, indent=2) + "\n")  # written last: a killed build is redone
+    print(f"built {len(rows)} clips in {time.time() - t0:.0f}s")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="data/speech_tiny", help="output folder (relative to the repo root)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=6000, help="training clips")
+    p.add_argument("--val", type=int, default=300, help="validation clips (training voices)")
+    p.add_argument("--test", type=int, default=600, help="test clips (voices never heard in training)")
+    p.add_argument("--austen-share", type=float, default=0.25, help="fraction of Austen sentences")
+    p.add_argument("--corpus", default="data/austen", help="folder of .txt books")
+    p.add_argument("--test-accents", default=",".join(TEST_ACCENTS), help="comma-separated held-out accents")
+    p.add_argument("--test-variants", default=",".join(TEST_VARIANTS), help="held-out variants, a,b,...")
+    p.add_argument("--workers", type=int, default=2, help="processes speaking in parallel")
+    a = p.parse_args(argv)
+    split_list = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    return build(a.out, a.seed, a.train, a.val, a.test, a.austen_share, a.corpus, split_list(a.test_accents),
+                 split_list(a.test_variants), a.workers)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:  # one clear line and exit code 2, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.code)

@@ -1,0 +1,151 @@
+"""The speech data: the data command on a handful of sentences, the LibriSpeech layout, the
+feature cache, and how broken files are counted."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omni import audio
+from omni.audio import load_speech_set
+from omni.audio_encoder import CharVocab
+from omni.config import UserError
+from omni.librispeech import prepare
+from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, build, normalize
+from omni.tts import Voice, english_accents, synthesize, voice_variants
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+TINY = dict(seed=3, train=6, val=2, test=4, workers=1, shards=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_speech(tmp_path_factory):
+    """A data set of 12 clips, built twice with the same seed."""
+    a, b = tmp_path_factory.mktemp("speech_a"), tmp_path_factory.mktemp("speech_b")
+    return build(a, **TINY), build(b, **TINY)
+
+
+def test_tts_speaks_at_16k_with_voices_from_the_data_folder():
+    assert {"en", "en-us", "en-gb-scotland"} <= set(english_accents())
+    assert {"m1", "f1", "klatt"} <= set(voice_variants())
+    slow = synthesize("a small red circle", Voice("en-us", "m1", rate=120))
+    fast = synthesize("a small red circle", Voice("en-us", "m1", rate=220))
+    assert slow.dtype == np.float32 and 0.05 < np.abs(slow).max() <= 1.0
+    assert 1.4 * len(fast) < len(slow) < 2.2 * len(fast)  # the rate is words per minute
+    with pytest.raises(UserError, match="no voice variant"):
+        synthesize("hello", Voice("en-us", "nobody"))
+    with pytest.raises(UserError, match="no accent"):
+        synthesize("hello", Voice("xx-nowhere", "m1"))
+
+
+def test_normalize_keeps_words_and_inner_apostrophes():
+    spoken = '"Mr. Knightley\'s twenty-one _very_ good--friends!"'
+    assert normalize(spoken) == "mr knightley's twenty one very good friends"
+    assert normalize("'Tis so,' said she.") == "tis so said she"
+
+
+def test_data_command_writes_valid_manifests_with_unseen_test_voices(tiny_speech):
+    paths, _ = tiny_speech
+    vocab = CharVocab()
+    rows = {split: read(p) for split, p in paths.items()}
+    assert [len(rows[s]) for s in ("train", "val", "test")] == [6, 2, 4]
+    for split, part in rows.items():
+        for r in part:
+            assert set(r) == {"audio", "text", "speaker", "duration", "source"} and vocab.is_valid(r["text"])
+            assert r["source"] in ("austen", "world")
+            wav, sr = sf.read(paths[split].parent / r["audio"])
+            assert sr == 16000 and wav.ndim == 1 and abs(len(wav) / sr - r["duration"]) < 1e-3
+            assert 0.3 < r["duration"] < 8
+    train_voices = {r["speaker"] for r in rows["train"] + rows["val"]}
+    test_voices = {r["speaker"] for r in rows["test"]}
+    assert not train_voices & test_voices
+    for v in test_voices:  # every test voice has a held-out accent or variant
+        accent, variant = v.split("@")[0].split("+")
+        assert accent in TEST_ACCENTS or variant in TEST_VARIANTS
+    for v in train_voices:
+        accent, variant = v.split("@")[0].split("+")
+        assert accent not in TEST_ACCENTS and variant not in TEST_VARIANTS
+
+
+def test_data_command_is_deterministic_for_a_seed(tiny_speech):
+    a, b = tiny_speech
+    for split in a:
+        assert a[split].read_text() == b[split].read_text()
+        for r in read(a[split]):
+            assert (a[split].parent / r["audio"]).read_bytes() == (b[split].parent / r["audio"]).read_bytes()
+
+
+def test_data_command_leaves_a_finished_folder_alone(tiny_speech, capsys):
+    folder = tiny_speech[0]["train"].parent
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.wav")}
+    build(folder, **TINY)
+    assert "already built with these settings" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime_ns for p in folder.rglob("*.wav")}
+
+
+def test_feature_cache_is_written_once_and_reused(tiny_speech, monkeypatch):
+    train = tiny_speech[0]["train"]
+    first = load_speech_set(train, valid_text=CharVocab().is_valid)
+    assert len(list((train.parent / ".cache").glob("train-*.pt"))) == 1
+    monkeypatch.setattr(audio, "_compute", lambda *a: pytest.fail("features recomputed despite the cache"))
+    again = load_speech_set(train, valid_text=CharVocab().is_valid)
+    assert again.texts == first.texts and all(n > 50 for n in again.lengths)
+    assert np.array_equal(again.features(0).numpy(), first.features(0).numpy())
+
+
+def test_broken_files_and_bad_transcripts_are_counted_not_dropped_silently(tmp_path, capsys):
+    sr = 16000
+    sf.write(tmp_path / "good1.wav", 0.1 * np.sin(np.arange(sr) / 5), sr)
+    sf.write(tmp_path / "good2.wav", 0.1 * np.sin(np.arange(sr // 2) / 3), sr)
+    sf.write(tmp_path / "empty.wav", np.zeros(0), sr)
+    (tmp_path / "garbage.wav").write_bytes(b"this is not audio")
+    rows = [("good1.wav", "hello there"), ("good2.wav", "hi"), ("empty.wav", "nothing"),
+            ("garbage.wav", "noise"), ("missing.wav", "gone"), ("good1.wav", "Number 42!")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"audio": a, "text": t}) + "\n" for a, t in rows))
+    s = load_speech_set(tmp_path / "m.jsonl", valid_text=CharVocab().is_valid, cache=False)
+    assert s.texts == ["hello there", "hi"] and s.lengths == [100, 50]
+    out = capsys.readouterr().out
+    assert "2 of 6 clips usable" in out and "skipped 3 unreadable/empty audio" in out
+    assert "1 with characters outside the vocabulary" in out
+
+
+def test_all_broken_set_and_bad_manifest_line_are_user_errors(tmp_path):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"audio": "missing.wav", "text": "gone"}) + "\n")
+    with pytest.raises(UserError, match="no usable clip"):
+        load_speech_set(tmp_path / "bad.jsonl", cache=False)
+    (tmp_path / "notjson.jsonl").write_text('{"audio": "a.wav", "text": "x"}\n{oops\n')
+    with pytest.raises(UserError, match=r"notjson.jsonl:2"):
+        load_speech_set(tmp_path / "notjson.jsonl", cache=False)
+    with pytest.raises(UserError, match="not found"):
+        load_speech_set(tmp_path / "nowhere.jsonl")
+
+
+def test_librispeech_layout_becomes_manifests_split_by_speaker(tmp_path):
+    root = tmp_path / "LibriSpeech" / "train-clean-100"
+    rng = np.random.default_rng(0)
+    for spk in ("19", "26", "32", "40"):
+        for chap in ("198", "495"):
+            folder = root / spk / chap
+            folder.mkdir(parents=True)
+            lines = []
+            for utt in range(2):
+                uid = f"{spk}-{chap}-{utt:04d}"
+                sf.write(folder / f"{uid}.flac", 0.1 * rng.standard_normal(8000 + 1600 * utt), 16000)
+                lines.append(f"{uid} IT'S A TRUTH UNIVERSALLY ACKNOWLEDGED {utt}"[:-2])
+            (folder / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    paths = prepare(root, tmp_path / "out", val_fraction=0.25, test_fraction=0.25)
+    rows = {s: read(p) for s, p in paths.items()}
+    assert [len(rows[s]) for s in ("train", "val", "test")] == [8, 4, 4]
+    speakers = {s: {r["speaker"] for r in part} for s, part in rows.items()}
+    assert not (speakers["train"] & speakers["val"] or speakers["train"] & speakers["test"]
+                or speakers["val"] & speakers["test"])
+    r = rows["train"][0]
+    assert r["text"] == "it's a truth universally acknowledged" and r["duration"] in (0.5, 0.6)
+    s = load_speech_set(paths["train"], valid_text=CharVocab().is_valid, cache=False)  # paths resolve
+    assert len(s) == 8 and sorted(set(s.lengths)) == [50, 60]
+    with pytest.raises(UserError, match="trans.txt"):
+        prepare(tmp_path / "out", tmp_path / "out2")
