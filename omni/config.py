@@ -182,6 +182,16 @@ def from_dict(cls, d: dict, where: str = "checkpoint"):
     return cfg
 
 
+def cli(main, argv: list[str] | None = None):
+    """The entry point of the small command-line tools (data commands, the sampler): run
+    `main(argv)` and turn a `UserError` into one line on stderr and a non-zero exit."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.code)
+
+
 def run(main, cls, debug: dict | None = None, argv: list[str] | None = None):
     """The entry point of every stage script: parse the config, run `main`, and turn a
     `UserError` into one line on stderr and a non-zero exit. Under torchrun only rank 0 prints."""

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import soundfile as sf
@@ -90,8 +89,6 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:  # one clear line and exit code 2, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.code)
+    from omni.config import cli
+
+    cli(main)

@@ -238,4 +238,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from omni.config import cli
+
+    cli(main)

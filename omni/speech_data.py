@@ -32,7 +32,6 @@ import json
 import multiprocessing as mp
 import random
 import re
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -221,8 +220,6 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:  # one clear line and exit code 2, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.code)
+    from omni.config import cli
+
+    cli(main)
