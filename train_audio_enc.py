@@ -66,7 +66,7 @@ class AudioStageConfig:
 DEBUG = {"model.d_model": 32, "model.n_layer": 1, "model.n_head": 2, "model.d_ff": 64,
          "data.eval_clips": 8, "data.eval_batch": 8, "data.samples": 1, "train.max_steps": 6,
          "train.batch_size": 4, "train.warmup_steps": 2, "train.eval_every": 3, "train.log_every": 2,
-         "train.ckpt_every": 3, "train.out_dir": "runs/debug_audio"}
+         "train.ckpt_every": 3, "train.out_dir": "runs/debug_audio", "train.overwrite": True}
 
 
 def main(cfg: AudioStageConfig) -> dict:
