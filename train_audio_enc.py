@@ -173,7 +173,7 @@ def main(cfg: AudioStageConfig) -> dict:
 
     # 5. The loop ------------------------------------------------------------------------------
     task = Task(model, get_batch, loss_fn, evaluate, best_metric="val_cer", best_mode="min",
-                count=lambda b: int(b[1].sum()), unit="frame")
+                count=lambda b: int(b[1].sum()), unit="frame", stage="B")
     final = fit(task, cfg.train, config.to_dict(cfg))
 
     # 6. Final evaluation and summary ------------------------------------------------------------

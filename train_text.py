@@ -121,7 +121,7 @@ def main(cfg: TextStageConfig) -> dict:
 
     # 5. The loop ------------------------------------------------------------------------------
     task = Task(model, get_batch, loss_fn, evaluate, best_metric="bpb", best_mode="min",
-                count=lambda b: b[0].numel(), unit="tok")
+                count=lambda b: b[0].numel(), unit="tok", stage="A")
     final = fit(task, cfg.train, config.to_dict(cfg))
 
     # 6. Final evaluation and summary ------------------------------------------------------------

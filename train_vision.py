@@ -168,7 +168,7 @@ def main(cfg: VisionStageConfig) -> dict:
 
     # 5. The loop ------------------------------------------------------------------------------
     task = Task(model, get_batch, loss_fn, evaluate, best_metric="loss", best_mode="min",
-                count=lambda b: len(b[0]), unit="img")
+                count=lambda b: len(b[0]), unit="img", stage="C")
     final = fit(task, cfg.train, config.to_dict(cfg))
 
     # 6. Final evaluation and summary ------------------------------------------------------------

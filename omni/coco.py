@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from omni.config import UserError
-from omni.paths import repo_path
+from omni.paths import repo_path, writable_dir
 
 
 def read_coco(captions: Path, images: Path) -> tuple[list[dict], dict[str, int]]:
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--held-out", type=int, default=5000, help="pictures in each of val and test")
     a = p.parse_args(argv)
     try:
+        writable_dir(a.out)  # fail before reading a large captions file
         records, skipped = read_coco(repo_path(a.captions), repo_path(a.images))
         if not records:
             raise UserError(f"--captions {a.captions}: no picture has both a caption and a file in {a.images}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import soundfile as sf
 
 from omni.config import UserError
-from omni.paths import repo_path
+from omni.paths import repo_path, writable_dir
 
 
 def read_transcripts(root: Path) -> list[dict]:
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--test-fraction", type=float, default=0.05, help="fraction of speakers held out for test")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    writable_dir(a.out)
     return prepare(a.root, a.out, a.val_fraction, a.test_fraction, a.seed)
 
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from omni.checkpoint import load_checkpoint, load_weights
+from omni.checkpoint import load_stage_checkpoint, load_weights
 from omni.config import UserError, from_dict
 from omni.paths import repo_path
 from omni.thinker import Thinker, ThinkerConfig, generate
@@ -22,7 +22,7 @@ from omni.tokenizer import Tokenizer
 
 def load_thinker(path: str) -> tuple[Thinker, Tokenizer]:
     """A Thinker and its tokenizer from a stage A checkpoint (model in eval mode, on CPU)."""
-    state = load_checkpoint(path)
+    state = load_stage_checkpoint(path, "A")
     model_cfg = from_dict(ThinkerConfig, state["config"]["model"], where=str(path))
     model = Thinker(model_cfg)
     load_weights(model, state["model"], str(path))

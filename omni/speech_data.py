@@ -40,7 +40,7 @@ import soundfile as sf
 
 from omni import shapes
 from omni.config import UserError
-from omni.paths import repo_path
+from omni.paths import repo_path, writable_dir
 from omni.text_data import CHAPTER_RE, paragraphs
 from omni.tts import Voice, english_accents, synthesize, voice_variants
 
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--test-variants", default=",".join(TEST_VARIANTS), help="held-out variants, a,b,...")
     p.add_argument("--workers", type=int, default=2, help="processes speaking in parallel")
     a = p.parse_args(argv)
+    writable_dir(a.out)  # one clear line instead of a traceback from a worker process
     split_list = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     return build(a.out, a.seed, a.train, a.val, a.test, a.austen_share, a.corpus, split_list(a.test_accents),
                  split_list(a.test_variants), a.workers)

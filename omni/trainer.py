@@ -74,6 +74,7 @@ class Task:
     best_mode: str = "min"  # "min" or "max"
     count: Callable[[object], int] = lambda b: 0  # units in a batch (tokens, seconds...), for throughput
     unit: str = "ex"  # the name of those units in the status line
+    stage: str = ""  # which stage trains ("A", "B", "C", "D-codec", "D-talker", "E"); saved in each checkpoint
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -135,7 +136,8 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     step, best, metrics = 0, {}, {}
     resume_path = ckpt.resolve_resume(cfg.resume, run_dir)
     if resume_path is not None:
-        state = ckpt.load_checkpoint(resume_path)
+        # a stage resumes only its own checkpoints: --resume with another stage's file is one clear line
+        state = ckpt.load_stage_checkpoint(resume_path, task.stage) if task.stage else ckpt.load_checkpoint(resume_path)
         ckpt.load_weights(model, state["model"], str(resume_path))
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -167,14 +169,14 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
         return out
 
     def save(path_step: int) -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"stage": task.stage, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng_state(), "step": path_step,
                  "best": best, "metrics": metrics, "config": full_config}
         path = ckpt.step_path(run_dir, path_step)
         ckpt.atomic_save(state, path)
         ckpt.atomic_copy(path, run_dir / "latest.pt")
         ckpt.prune(run_dir, cfg.keep_last)
-        ckpt.write_meta(run_dir, path_step, metrics, best)
+        ckpt.write_meta(run_dir, path_step, metrics, best, task.stage)
 
     stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     show_bar = rt.is_main and sys.stderr.isatty()  # in a log file the status lines say it all
