@@ -1,0 +1,249 @@
+"""Stage E's data: chat turns about pictures, spoken questions, transcription and plain prose.
+
+Five kinds of turn, mixed by the shares in the config (data.shares), one kind per micro-batch
+(so rows of similar length share a batch and little is padding):
+
+    image_qa   [picture] what colour is the star?        -> purple
+    caption    [picture] describe the picture.           -> a big purple star at the top left and ...
+    spoken_qa  [picture] [the question, spoken]          -> purple
+    asr        [speech] what did they say?               -> she was not sorry to be gone
+    text       continue the passage: [64 Austen tokens]  -> [the next 64 tokens]
+
+Pictures, questions and captions come from the shapes world of stage C (data/shapes_tiny): the
+test pictures hold colour-shape pairs never seen in training. The spoken questions are made here,
+offline, by eSpeak NG with the voices of stage B (omni.speech_data.make_voices): training
+questions by training voices, test questions only by voices whose variant never occurs in
+training (TEST_VARIANTS), so the test asks about unseen pairs in unseen voices.
+
+    python -m omni.omni_data --out data/omni_tiny          # ~1 minute on 2 cores
+
+Transcription turns come from stage B's speech set (data/speech_tiny), text turns from stage A's
+corpus. The encoders are frozen in stage E, so `OmniData` runs them once over all pictures and
+clips and keeps their features; `batch(i)` then only gathers tensors (a pure function of i).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from omni.audio import FrontEndConfig, load_speech_set, pad_batch
+from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate
+from omni.config import UserError
+from omni.paths import repo_path
+from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, _speak_shard, make_voices, normalize
+from omni.text_data import encode_stream, eval_windows, split_corpus
+from omni.vision import load_image_manifest
+
+KINDS = ("image_qa", "caption", "spoken_qa", "asr", "text")
+QUESTION_KINDS = {"what colour": "colour", "what shape": "shape", "what size": "size", "where is": "position",
+                  "how many": "count", "is there": "yesno"}
+CAPTION_PROMPT, ASR_PROMPT, TEXT_PROMPT = "describe the picture.", "what did they say?", "continue the passage:\n"
+
+
+@dataclass
+class OmniDataConfig:
+    shapes: str = "data/shapes_tiny"  # the shapes world of stage C: train/val/test.jsonl with questions
+    spoken: str = "data/omni_tiny"  # spoken questions: python -m omni.omni_data --out data/omni_tiny
+    speech: str = "data/speech_tiny"  # stage B's speech set: transcription turns and test clips
+    corpus: str = "data/austen"  # stage A's corpus: text turns and the held-out chapters (bits per byte)
+    shares: dict[str, float] = field(default_factory=lambda: {
+        "image_qa": 0.4, "caption": 0.1, "spoken_qa": 0.2, "asr": 0.15, "text": 0.15})  # micro-batches per kind
+    asr_clips: int = 3000  # training clips of the speech set used for transcription turns (0 = all)
+    text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
+    eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
+    eval_clips: int = 100  # unseen-voice test clips transcribed at each evaluation (0 = all)
+    eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
+    samples: int = 3  # test answers printed at each evaluation
+
+    def __post_init__(self):
+        bad = sorted(set(self.shares) - set(KINDS))
+        if bad or not any(v > 0 for v in self.shares.values()) or min(self.shares.values(), default=0) < 0:
+            raise ValueError(f"OmniDataConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, "
+                             f"at least one > 0; got {self.shares}")
+
+
+def question_kind(q: str) -> str:
+    return next(kind for start, kind in QUESTION_KINDS.items() if q.startswith(start))
+
+
+# ----------------------------------------------------------------------------- the build command
+
+def build(out: str, shapes: str = "data/shapes_tiny", train_voices: int = 6, test_voices: int = 3,
+          seed: int = 0, workers: int = 2) -> dict[str, Path]:
+    """Speak every question of the shapes world: training questions (train and val pictures) with
+    `train_voices` training voices each, test questions with `test_voices` unseen voices each."""
+    out_dir = repo_path(out)
+    try:
+        (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    settings = {"shapes": shapes, "train_voices": train_voices, "test_voices": test_voices, "seed": seed}
+    paths = {s: out_dir / f"questions_{s}.jsonl" for s in ("train", "test")}
+    done = out_dir / "build.json"
+    if done.is_file() and json.loads(done.read_text()) == settings and all(p.is_file() for p in paths.values()):
+        print(f"{out}: already built with these settings (see {done.name}); delete the folder to rebuild")
+        return paths
+    rng = random.Random(seed)
+    voices = make_voices(rng, TEST_ACCENTS, TEST_VARIANTS, (140, 200), (30, 70))
+    clips = []
+    for split, manifests, n_voices in (("train", ("train", "val"), train_voices), ("test", ("test",), test_voices)):
+        questions = set()
+        for m in manifests:
+            path = repo_path(shapes) / f"{m}.jsonl"
+            if not path.is_file():
+                raise UserError(f"{path}: not found; make the shapes world first "
+                                f"(python -m omni.shapes --out {shapes})")
+            questions |= {qa["q"] for line in path.read_text().splitlines() for qa in json.loads(line)["questions"]}
+        for q in sorted(questions):
+            for v in rng.sample(voices[split], n_voices):
+                clips.append({"split": f"q{split}", "index": len(clips), "spoken": q, "source": "question", "voice": v})
+    jobs = [(clips[k::workers], str(out_dir)) for k in range(workers)]
+    with mp.get_context("spawn").Pool(workers, maxtasksperchild=1) as pool:  # fresh eSpeak state per shard
+        rows = sorted((r for part in pool.map(_speak_shard, jobs, chunksize=1) for r in part), key=lambda r: r["index"])
+    for split, path in paths.items():
+        part = [{"audio": r["audio"], "text": r["text"], "speaker": r["speaker"], "duration": r["duration"]}
+                for r in rows if r["split"] == f"q{split}"]
+        path.write_text("".join(json.dumps(r) + "\n" for r in part))
+        print(f"{split:>5}: {len(part)} spoken questions, {len({r['text'] for r in part})} distinct, "
+              f"{len({r['speaker'] for r in part})} voices -> {path}")
+    done.write_text(json.dumps(settings, indent=2) + "\n")
+    return paths
+
+
+# ----------------------------------------------------------------------------- the data in memory
+
+class OmniData:
+    """Every turn of stage E as ids plus frozen-encoder features; built once, then cheap to batch."""
+
+    def __init__(self, cfg: OmniDataConfig, model, template: ChatTemplate, front_end: FrontEndConfig,
+                 seed: int, batch_size: int):
+        self.cfg, self.t, self.seed, self.B = cfg, template, seed, batch_size
+        self.max_len = model.thinker.cfg.max_seq_len
+        size = model.vision.cfg.image_size
+        root = repo_path(cfg.shapes)
+        pics = {s: load_image_manifest(root / f"{s}.jsonl", size) for s in ("train", "test")}
+        self.records = {s: r for s, (r, _) in pics.items()}
+        self.images = {s: torch.cat([model.encode_images(im[j: j + 512]) for j in range(0, len(im), 512)])
+                       for s, (_, im) in pics.items()}  # (N, 9, d_vision)
+        self.qa = [(k, qa["q"], qa["a"]) for k, r in enumerate(self.records["train"]) for qa in r["questions"]]
+        spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end)
+                  for s in ("train", "test")}
+        self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features
+        for s, (texts, feats) in spoken.items():
+            for text, f in zip(texts, feats):
+                self.voices[s].setdefault(text, []).append(f)
+        self.asr = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end) for s in ("train", "test")}
+        n = cfg.asr_clips or len(self.asr["train"][0])
+        self.asr["train"] = (self.asr["train"][0][:n], self.asr["train"][1][:n])
+        train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
+        self.text_ids = encode_stream(template.tok, train_paras)
+        self.val_ids = encode_stream(template.tok, val_paras)
+        self.kinds = [k for k in KINDS if cfg.shares.get(k, 0) > 0]
+        self.p = torch.tensor([cfg.shares[k] for k in self.kinds])
+        self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
+
+    def _clips(self, model, manifest: Path, front_end: FrontEndConfig) -> tuple[list[str], list[torch.Tensor]]:
+        """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's clips that fit the Thinker."""
+        s = load_speech_set(manifest, front_end)
+        order = sorted(range(len(s)), key=lambda k: s.lengths[k])  # similar lengths: little padding
+        feats: list[torch.Tensor] = [torch.empty(0)] * len(s)
+        for j in range(0, len(order), 64):
+            ids = order[j: j + 64]
+            for k, f in zip(ids, model.encode_audio(*pad_batch([s.features(k) for k in ids]))):
+                feats[k] = f.half()  # half the memory; the projector reads them as float
+        room = self.max_len - 48  # the template and a reply need about 48 tokens
+        keep = [k for k in range(len(s)) if len(feats[k]) <= room]
+        if len(keep) < len(s):
+            print(f"{manifest}: skipped {len(s) - len(keep)} clips too long for the Thinker ({room} audio frames)")
+        return [s.texts[k] for k in keep], [feats[k] for k in keep]
+
+    # -- turns: (ids, loss mask, image features or None, audio features or None)
+    def turn(self, kind: str, g: torch.Generator):
+        pick = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
+        if kind in ("image_qa", "spoken_qa"):
+            k, q, a = self.qa[pick(len(self.qa))]
+            img = self.images["train"][k]
+            if kind == "image_qa":
+                return *self.t.encode([("user", [(IMAGE, len(img)), q]), ("assistant", [a])]), img, None
+            clips = self.voices["train"][normalize(q)]
+            aud = clips[pick(len(clips))]
+            return *self.t.encode([("user", [(IMAGE, len(img)), (AUDIO, len(aud))]), ("assistant", [a])]), img, aud
+        if kind == "caption":
+            k = pick(len(self.records["train"]))
+            img = self.images["train"][k]
+            return (*self.t.encode([("user", [(IMAGE, len(img)), CAPTION_PROMPT]),
+                                    ("assistant", [self.records["train"][k]["caption"]])]), img, None)
+        if kind == "asr":
+            texts, feats = self.asr["train"]
+            j = pick(len(texts))
+            turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]
+            return *self.t.encode(turns), None, feats[j]
+        n = self.cfg.text_tokens
+        start = pick(len(self.text_ids) - n)
+        ids = self.text_ids[start: start + n].tolist()
+        return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None
+
+    def batch(self, i: int):
+        """Micro-batch i: one kind drawn by the shares, then B turns of it; a pure function of i."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        kind = self.kinds[int(torch.multinomial(self.p, 1, generator=g))]
+        turns = [self.turn(kind, g) for _ in range(self.B)]
+        return (*collate([(ids, m) for ids, m, _, _ in turns], self.t.tok.pad_id),
+                self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1))
+
+    def frames(self, feats: list, which: int) -> torch.Tensor:
+        """The frames of a batch in order, (N, d); (0, d) when the batch has none."""
+        feats = [f.reshape(-1, f.shape[-1]).float() for f in feats if f is not None]
+        return torch.cat(feats) if feats else torch.zeros(0, self.dims[which])
+
+    # -- held-out sets
+    def qa_eval(self) -> list[dict]:
+        """Test questions (pictures with unseen colour-shape pairs), each with an unseen voice's clip."""
+        items = [(k, qa["q"], qa["a"]) for k, r in enumerate(self.records["test"]) for qa in r["questions"]]
+        random.Random(0).shuffle(items)
+        out = []
+        for k, q, a in items[: self.cfg.eval_questions or len(items)]:
+            clips = self.voices["test"].get(normalize(q))
+            if clips is None:
+                raise UserError(f"{self.cfg.spoken}: no spoken clip of the test question {q!r}; rebuild it "
+                                f"(python -m omni.omni_data --out {self.cfg.spoken} --shapes {self.cfg.shapes})")
+            img, aud = self.images["test"][k], clips[(k + len(out)) % len(clips)].float()
+            typed = self.t.encode([("user", [(IMAGE, len(img)), q])], add_generation_prompt=True)[0]
+            said = self.t.encode([("user", [(IMAGE, len(img)), (AUDIO, len(aud))])], add_generation_prompt=True)[0]
+            out.append({"picture": k, "q": q, "a": a, "kind": question_kind(q), "typed": (typed, img, None),
+                        "spoken": (said, img, aud)})
+        return out
+
+    def asr_eval(self) -> tuple[list[str], list[tuple]]:
+        texts, feats = self.asr["test"]
+        n = min(len(texts), self.cfg.eval_clips or len(texts))
+        prompts = [(self.t.encode([("user", [(AUDIO, len(f)), ASR_PROMPT])], add_generation_prompt=True)[0], None,
+                    f.float()) for f in feats[:n]]
+        return texts[:n], prompts
+
+    def text_eval(self, seq_len: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return eval_windows(self.val_ids, seq_len, tokens)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    p = argparse.ArgumentParser(description="Speak the questions of the shapes world (stage E's spoken questions).")
+    p.add_argument("--out", default="data/omni_tiny", help="output folder (relative to the repository root)")
+    p.add_argument("--shapes", default="data/shapes_tiny", help="the shapes world whose questions are spoken")
+    p.add_argument("--train-voices", type=int, default=6, help="training voices per training question")
+    p.add_argument("--test-voices", type=int, default=3, help="unseen voices per test question")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes speaking in parallel")
+    a = p.parse_args(argv)
+    return build(a.out, a.shapes, a.train_voices, a.test_voices, a.seed, a.workers)
+
+
+if __name__ == "__main__":
+    from omni.config import cli
+
+    cli(main)

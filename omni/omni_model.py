@@ -1,0 +1,147 @@
+"""The omni model: the stage A Thinker with the stage B ears and the stage C eyes.
+
+    picture (3, 48, 48) -> VisionEncoder (frozen, stage C) -> 9 merged patch tokens (9, d_vision)
+                           -> image projector -> (9, d_model) --+
+    speech (T mel frames) -> AudioEncoder (frozen, stage B) -> T/4 frames (25 per second)   |
+                           -> audio projector -> (T/4, d_model) --+--> spliced into the token
+    text -> tokenizer -> ChatML ids with placeholders -> Thinker.embed_tokens ------------+    embeddings
+                                                                                         |
+                                                           Thinker (stage A) <-----------+ -> text
+
+This is the Thinker half of Qwen2.5-Omni (Xu et al. 2025, arXiv:2503.20215) and the layout of
+LLaVA (Liu et al. 2023): pretrained encoders, one small projector each, and a language model
+that reads the projected features as if they were words. The encoders stay frozen in stage E,
+so their outputs for the training data are computed once (`encode_images`, `encode_audio`) and
+training runs only the projectors and the Thinker.
+
+Parameter names start with "thinker.", "vision.", "audio." or "projectors.": these are the
+prefixes a freeze plan (train.lr_scale) names. `from_stages` builds the model from the three
+stage checkpoints, `load_omni` from a stage E checkpoint (which carries every inherited config).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omni.audio import FrontEndConfig
+from omni.audio_encoder import AudioCTC, AudioEncoder, AudioEncoderConfig
+from omni.chat_template import ChatTemplate, splice
+from omni.checkpoint import load_stage_checkpoint, load_weights
+from omni.config import UserError, from_dict
+from omni.paths import repo_path
+from omni.projector import Projector, ProjectorConfig
+from omni.thinker import Thinker, ThinkerConfig, generate
+from omni.tokenizer import Tokenizer
+from omni.vision import VisionConfig, VisionEncoder
+
+
+class OmniModel(nn.Module):
+    def __init__(self, thinker: ThinkerConfig, vision: VisionConfig, audio: AudioEncoderConfig,
+                 projector: ProjectorConfig, image_id: int, audio_id: int):
+        super().__init__()
+        self.thinker = Thinker(thinker)
+        self.vision = VisionEncoder(vision)
+        self.audio = AudioEncoder(audio)
+        self.projectors = nn.ModuleDict({"image": Projector(vision.width, thinker.d_model, projector),
+                                         "audio": Projector(audio.d_model, thinker.d_model, projector)})
+        self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 pictures -> (B, N, d_vision) merged patch tokens of the frozen ViT."""
+        return self.vision(images.float() / 255)[0]
+
+    @torch.no_grad()
+    def encode_audio(self, mels: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """(B, T, n_mels) padded log-mels and their lengths -> one (T_i / 4, d_audio) tensor per clip."""
+        h, out_lengths = self.audio(mels, lengths)  # (B, T', d_audio), (B,)
+        return [h[b, :n] for b, n in enumerate(out_lengths.tolist())]
+
+    def embed(self, x: torch.Tensor, image_feats: torch.Tensor, audio_feats: torch.Tensor) -> torch.Tensor:
+        """x (B, T) ids with placeholders; image_feats (N_img, d_vision) and audio_feats (N_aud, d_audio):
+        every frame of the batch in order. Returns the spliced embeddings (B, T, d_model)."""
+        e = self.thinker.embed_tokens(x)
+        e = splice(e, x, self.image_id, self.projectors["image"](image_feats), "image")
+        return splice(e, x, self.audio_id, self.projectors["audio"](audio_feats), "audio")
+
+    def forward(self, x, y, loss_mask, image_feats, audio_feats):
+        """Teacher-forced logits (B, T, vocab) and the loss over the tokens loss_mask counts."""
+        return self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
+
+
+@torch.no_grad()
+def reply(model: OmniModel, prompts: list[tuple[list[int], torch.Tensor, torch.Tensor]], max_new: int,
+          eos_id: int, batch: int = 64) -> list[list[int]]:
+    """Greedy replies to many prompts (ids ending in the generation prompt, image and audio frames or None).
+    The Thinker has no padding mask, so prompts of equal length are batched together."""
+    device = next(model.parameters()).device
+    dims = (model.vision.cfg.width, model.audio.cfg.d_model)
+
+    def frames(feats, which):  # the frames of a group in order, (N, d); None = no such input
+        feats = [f.reshape(-1, dims[which]) for f in feats if f is not None]
+        return (torch.cat(feats) if feats else torch.zeros(0, dims[which])).to(device)
+
+    out: list[list[int]] = [[] for _ in prompts]
+    by_len: dict[int, list[int]] = {}
+    for k, (ids, _, _) in enumerate(prompts):
+        by_len.setdefault(len(ids), []).append(k)
+    for T, ks in by_len.items():
+        for j in range(0, len(ks), batch):
+            group = ks[j: j + batch]
+            x = torch.tensor([prompts[k][0] for k in group], device=device)
+            img, aud = frames([prompts[k][1] for k in group], 0), frames([prompts[k][2] for k in group], 1)
+            n = min(max_new, model.thinker.cfg.max_seq_len - T)
+            ids = generate(model.thinker, x, n, temperature=0, eos_id=eos_id, embeds=model.embed(x, img, aud))
+            for k, row in zip(group, ids[:, T:].tolist()):
+                out[k] = row[:row.index(eos_id)] if eos_id in row else row
+    return out
+
+
+def _sub(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def from_stages(thinker_path: str, tokenizer_path: str, audio_path: str, vision_path: str,
+                projector: ProjectorConfig) -> tuple[OmniModel, ChatTemplate, dict, AudioCTC]:
+    """The omni model from the checkpoints of stages A, B and C (projectors fresh). Also returns
+    the inherited configs (to save with stage E's checkpoints) and the whole stage B model with its
+    CTC head, the reference for transcription. A missing or wrong checkpoint is one clear line."""
+    a = load_stage_checkpoint(thinker_path, "A")
+    b = load_stage_checkpoint(audio_path, "B")
+    c = load_stage_checkpoint(vision_path, "C")
+    inherited = {"thinker": a["config"]["model"], "audio": b["config"]["model"],
+                 "front_end": b["config"].get("audio", {}), "vision": c["config"]["vision"],
+                 "text_data": a["config"].get("data", {})}
+    tok = Tokenizer(repo_path(tokenizer_path))
+    if tok.vocab_size != inherited["thinker"]["vocab_size"]:
+        raise UserError(f"{tokenizer_path}: {tok.vocab_size} tokens, but the Thinker in {thinker_path} has "
+                        f"vocab_size {inherited['thinker']['vocab_size']}; use the tokenizer of that stage A run")
+    model, template = build(inherited, projector, tok)
+    load_weights(model.thinker, a["model"], f"{thinker_path} (stage A)")
+    load_weights(model.audio, _sub(b["model"], "encoder."), f"{audio_path} (stage B)")
+    load_weights(model.vision, _sub(c["model"], "vision."), f"{vision_path} (stage C)")
+    ctc = AudioCTC(model.audio.cfg)
+    load_weights(ctc, b["model"], f"{audio_path} (stage B)")
+    return model, template, inherited, ctc.eval()
+
+
+def build(inherited: dict, projector: ProjectorConfig, tok: Tokenizer) -> tuple[OmniModel, ChatTemplate]:
+    """An omni model of the given component configs (random weights) and its chat template."""
+    template = ChatTemplate(tok)
+    model = OmniModel(from_dict(ThinkerConfig, inherited["thinker"], "stage A config"),
+                      from_dict(VisionConfig, inherited["vision"], "stage C config"),
+                      from_dict(AudioEncoderConfig, inherited["audio"], "stage B config"),
+                      projector, template.image_id, template.audio_id)
+    return model, template
+
+
+def load_omni(path: str) -> tuple[OmniModel, ChatTemplate, FrontEndConfig, dict]:
+    """A trained omni model from a stage E checkpoint, in eval mode, and its chat template,
+    audio front end and config. The tokenizer is the one the run was trained with."""
+    state = load_stage_checkpoint(path, "E")
+    cfg = state["config"]
+    inherited = cfg["inherited"]
+    tok = Tokenizer(repo_path(cfg["init"]["tokenizer"]))
+    model, template = build(inherited, from_dict(ProjectorConfig, cfg["projector"], str(path)), tok)
+    load_weights(model, state["model"], str(path))
+    return model.eval(), template, from_dict(FrontEndConfig, inherited["front_end"], str(path)), cfg

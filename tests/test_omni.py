@@ -1,0 +1,126 @@
+"""Stage E: the chat template and the splice, the assistant-only loss mask, the freeze plan,
+sft_omni.py end to end on tiny stage A/B/C checkpoints made here, exact resume, and a missing or
+mismatched stage checkpoint as one clear line."""
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from omni import omni_data, shapes, speech_data
+from omni.audio_encoder import AudioCTC, AudioEncoderConfig
+from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice
+from omni.clip import CLIP, ClipConfig, TextConfig
+from omni.paths import ROOT
+from omni.thinker import Thinker, ThinkerConfig
+from omni.tokenizer import train_tokenizer
+from omni.vision import VisionConfig
+from tests.conftest import assert_resume_exact, run_stage
+
+CHAPTER = "It was a fine day, and she said that he was not at home. They walked to the village together.\n\n"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny data of every kind and tiny stage A, B and C checkpoints; returns the stage's flags."""
+    d = tmp_path_factory.mktemp("stage_e")
+    shapes.build(d / "shapes", n_train=24, n_val=8, n_test=8, seed=1)
+    speech = speech_data.build(d / "speech", seed=1, train=8, val=2, test=3, workers=1, shards=1)
+    omni_data.build(str(d / "spoken"), str(d / "shapes"), train_voices=1, test_voices=1, workers=1)
+    (d / "corpus").mkdir()
+    (d / "corpus" / "book.txt").write_text("".join(f"CHAPTER {i}\n\n{CHAPTER * 6}" for i in range(1, 21)))
+    texts = [json.loads(line)["caption"] for line in (d / "shapes" / "train.jsonl").read_text().splitlines()]
+    tok = train_tokenizer(texts + [CHAPTER] * 3, d / "tokenizer.model", 300)
+    torch.manual_seed(0)
+    thinker = ThinkerConfig(vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=256)
+    audio = AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64)
+    vision = VisionConfig(d_model=32, n_layer=1, n_head=2, merge_dim=32)
+    clip = CLIP(vision, TextConfig(d_model=32, n_layer=1, n_head=2), ClipConfig(embed_dim=32), tok.vocab_size)
+    for stage, model, cfg in (("A", Thinker(thinker), {"model": dataclasses.asdict(thinker),
+                                                        "data": {"seq_len": 32, "eval_tokens": 256}}),
+                              ("B", AudioCTC(audio), {"model": dataclasses.asdict(audio), "audio": {}}),
+                              ("C", clip, {"vision": dataclasses.asdict(vision)})):
+        torch.save({"stage": stage, "model": model.state_dict(), "config": cfg}, d / f"stage_{stage}.pt")
+    return [f"--init.thinker={d / 'stage_A.pt'}", f"--init.tokenizer={d / 'tokenizer.model'}",
+            f"--init.audio={d / 'stage_B.pt'}", f"--init.vision={d / 'stage_C.pt'}",
+            f"--data.shapes={d / 'shapes'}", f"--data.spoken={d / 'spoken'}", f"--data.speech={speech['train'].parent}",
+            f"--data.corpus={d / 'corpus'}"], tok, d
+
+
+def test_splice_puts_features_exactly_at_the_placeholders(world):
+    _, tok, _ = world
+    t = ChatTemplate(tok)
+    rows = [t.encode([("user", [(IMAGE, 3), "what colour?", (AUDIO, 2)]), ("assistant", ["red"])])[0],
+            t.encode([("user", [(AUDIO, 4), "hello"]), ("assistant", ["hi"])])[0]]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (T - len(r)) for r in rows])
+    embeds = torch.randn(2, T, 8)
+    audio = torch.arange(6 * 8, dtype=torch.float).view(6, 8) + 100  # frames 0-1 of row 0, then 2-5 of row 1
+    out = splice(embeds, ids, t.audio_id, audio, "audio")
+    where = (ids == t.audio_id).nonzero().tolist()
+    assert [b for b, _ in where] == [0, 0, 1, 1, 1, 1]
+    for n, (b, p) in enumerate(where):
+        assert torch.equal(out[b, p], audio[n])
+    keep = ids != t.audio_id
+    assert torch.equal(out[keep], embeds[keep])  # every other position is untouched
+    with pytest.raises(ValueError, match="6 audio placeholder tokens but 5 audio feature frames"):
+        splice(embeds, ids, t.audio_id, audio[:5], "audio")
+
+
+def test_loss_mask_covers_the_assistant_tokens_only(world):
+    _, tok, _ = world
+    t = ChatTemplate(tok)
+    ids, mask = t.encode([("user", [(IMAGE, 2), "what shape is on the left?"]), ("assistant", ["a star"]),
+                          ("user", ["and its colour?"]), ("assistant", ["red"])])
+    counted = [i for i, m in zip(ids, mask) if m]
+    assert counted == tok.encode("a star") + [t.im_end] + tok.encode("red") + [t.im_end]
+    x, y, m = collate([(ids, mask)], tok.pad_id)
+    assert torch.equal(y[0], torch.tensor(ids[1:])) and torch.equal(m[0], torch.tensor(mask[1:]))
+    prompt, pmask = t.encode([("user", ["hi"])], add_generation_prompt=True)
+    head = [t.im_start, *tok.encode("assistant"), t.nl]
+    assert sum(pmask) == 0 and prompt[-len(head):] == head
+
+
+def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, world):
+    flags, _, d = world
+    m = run_stage("sft_omni", tmp_path, *flags)
+    for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer"):
+        assert k in m and m[k] >= 0, k
+    assert m["step"] == 6 and abs(m["ref_bpb"] - m["bpb"]) < 5
+    for name in ("curves.png", "answers.png", "best.pt", "metrics.json", "phase1/latest.pt"):
+        assert (tmp_path / name).stat().st_size > 500, name
+    a = torch.load(d / "stage_A.pt", weights_only=True)["model"]
+    c = torch.load(d / "stage_C.pt", weights_only=True)["model"]
+    p1 = torch.load(tmp_path / "phase1" / "latest.pt", weights_only=True)
+    p2 = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert p1["stage"] == p2["stage"] == "E"
+    for k, v in a.items():  # phase 1: the Thinker frozen; phase 2: it learns
+        assert torch.equal(p1["model"][f"thinker.{k}"], v), k
+    assert any(not torch.equal(p2["model"][f"thinker.{k}"], v) for k, v in a.items())
+    for state in (p1, p2):  # the encoders are frozen in both phases, the projectors always learn
+        for k, v in c.items():
+            if k.startswith("vision."):
+                assert torch.equal(state["model"][k], v), k
+    projectors = [k for k in p1["model"] if k.startswith("projectors.")]
+    assert any(not torch.equal(p1["model"][k], p2["model"][k]) for k in projectors)
+
+
+def test_resume_is_exact(tmp_path, world):
+    assert_resume_exact("sft_omni", tmp_path, *world[0])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("init.vision", "nowhere/best.pt", "nowhere/best.pt: checkpoint not found"),
+    ("init.vision", "stage_A.pt", "this is a stage A checkpoint (the Thinker); this command needs a stage C"),
+    ("init.thinker", "stage_B.pt", "this is a stage B checkpoint (the audio encoder); this command needs a stage A"),
+    ("train.lr_scale", '{"audio.": 0}', "train.lr_scale: the encoders are frozen in stage E"),
+])
+def test_a_missing_or_mismatched_stage_checkpoint_is_one_clear_line(tmp_path, world, key, value, message):
+    flags, _, d = world
+    if value.startswith("stage_"):
+        value = str(d / value)
+    r = subprocess.run([sys.executable, "sft_omni.py", "--debug", *flags, f"--{key}={value}",
+                        f"--train.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-800:]
