@@ -1,6 +1,7 @@
-"""Build TinyOmni's speech data offline: sentences spoken by many synthetic voices.
+"""Build TinyOmni's speech data offline: sentences spoken by many synthetic voices, or by one.
 
     python -m omni.speech_data --out data/speech_tiny            # about 2 minutes on 2 cores
+    python -m omni.speech_data --out data/voice_tiny --voice en-us+m1   # one voice, for stage D
 
 Sentences come from two places: short sentences of the Austen novels (`data/austen`, the stage A
 corpus) and the captions, questions and answers of the tiny image world (`omni/shapes.py`) that
@@ -19,6 +20,13 @@ Output: `wav/*.wav` (16 kHz mono) and `train.jsonl`, `val.jsonl`, `test.jsonl` w
 clip: {"audio": "wav/train_000000.wav", "text": ..., "speaker": ..., "duration": seconds,
 "source": "austen" or "world"} (`source` is optional in a manifest; it lets the stage report
 error rates per kind of sentence).
+
+One voice (--voice ACCENT+VARIANT, stage D's voice to imitate): the same sentence kinds spoken by
+that voice alone, every sentence text (normalized) at most once in the whole set, so val and test
+sentences are never trained on; test is mostly image-world sentences (--test-world-share). Rows
+also hold "words": the start time in seconds of each word of `text.split()`, from eSpeak's own
+word events (the clip's end ends the last word). A clip whose events do not match its words one
+to one (eSpeak read something as two words, or skipped one) is left out and counted.
 
 Determinism: the same seed gives the same sentences, voices and audio. eSpeak keeps state from one
 utterance to the next (pitch flutter phase, noise generators), so each shard of clips is spoken in
@@ -42,7 +50,7 @@ from omni import shapes
 from omni.config import UserError
 from omni.paths import repo_path, writable_dir
 from omni.text_data import CHAPTER_RE, paragraphs
-from omni.tts import Voice, english_accents, synthesize, voice_variants
+from omni.tts import Voice, WordEvent, english_accents, parse_voice, synthesize, synthesize_with_words, voice_variants
 
 # Variants that sound like a person (no robots, echoes, whispers or breath noise).
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Andy", "Denis", "Gene", "Jacky", "Mike",
@@ -90,6 +98,42 @@ def austen_sentences(folder: Path, min_words: int = 4, max_words: int = 10,
                         and not re.search(r"\b[A-Z]{2,}\b", s) and words and set(words) <= common):
                     out.append(s)
     return sorted(set(out))
+
+
+def spoken_form(text: str) -> str:
+    """The text eSpeak speaks for a one-voice clip: the sentence with its punctuation (prosody)
+    but without quotes, underscores and hyphens, so that each word eSpeak reports is one word of
+    `normalize(text)` at the position eSpeak says (quotes shift its positions, see omni/tts.py)."""
+    text = re.sub(r"\s*--+\s*", ", ", text.replace("_", "").replace('"', ""))
+    text = re.sub(r"(?<=[A-Za-z])-(?=[A-Za-z])", " ", text)
+    text = re.sub(r"(?<![A-Za-z])'|'(?![A-Za-z])", "", text)  # quote marks; inner apostrophes stay
+    text = re.sub(r"([,.;:!?])\s*,", r"\1", text)  # "Ah!, so" -> "Ah! so"
+    return re.sub(r"\s+", " ", text).strip(" ,")
+
+
+def word_starts(spoken: str, events: list[WordEvent], duration: float) -> list[float] | None:
+    """Start times (s) of the words of `normalize(spoken)` from eSpeak's word events, or None when
+    the events do not match the words: each event must fall inside its own word, in order, with
+    starts rising and inside the clip. eSpeak speaks some pairs as one unit ("on the", "of the",
+    "to be", "would have": one dictionary entry) and reports only the first word; a word without
+    an event therefore shares the start of the word before it (a tie, counted by the caller)."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", spoken) if normalize(m.group())]
+    if any(len(normalize(spoken[a:b]).split()) != 1 for a, b in spans):
+        return None  # a token that is two words (or none) cannot be timed
+    starts: list[float | None] = [None] * len(spans)
+    k = 0
+    for e in events:  # events and words are both in text order: walk them together
+        while k < len(spans) and spans[k][1] <= e.text_position:
+            k += 1
+        if k == len(spans) or e.text_position < spans[k][0] or starts[k] is not None:
+            return None  # outside every word, or a second event on one word
+        starts[k] = e.start
+    timed = [t for t in starts if t is not None]
+    if starts[0] is None or any(a >= b for a, b in zip(timed, timed[1:])) or not 0 <= timed[-1] < duration:
+        return None
+    for i in range(1, len(starts)):  # joined words take the start of their unit
+        starts[i] = starts[i - 1] if starts[i] is None else starts[i]
+    return starts
 
 
 def world_sentence(rng: random.Random) -> str:
@@ -151,30 +195,81 @@ def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
     return clips
 
 
+def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share: float,
+                   test_world_share: float, corpus: Path) -> list[dict]:
+    """Every clip of a one-voice set: each normalized sentence at most once in the whole set (so no
+    val or test sentence is trained on), test first so it gets the most common world sentences."""
+    rng = random.Random(seed)
+    book = austen_sentences(corpus)
+    rng.shuffle(book)
+    seen: set[str] = set()
+    book = [t for t in book if not (normalize(t) in seen or seen.add(normalize(t)))]
+    seen.clear()
+    n_book = {s: round(sizes[s] * (1 - test_world_share if s == "test" else austen_share)) for s in SPLITS}
+    if sum(n_book.values()) > len(book):
+        raise UserError(f"{corpus}: only {len(book)} short sentences for {sum(n_book.values())} "
+                        "Austen clips; lower the sizes or --austen-share")
+    clips, start = [], 0
+    for split in ("test", "val", "train"):
+        texts = [(t, "austen") for t in book[start: start + n_book[split]]]
+        start += n_book[split]
+        tries = 0
+        while len(texts) < sizes[split]:  # distinct image-world sentences, drawn from the grammar
+            t = world_sentence(rng)
+            tries += 1
+            if normalize(t) not in seen:
+                seen.add(normalize(t))
+                texts.append((t, "world"))
+            elif tries > 200 * sizes[split]:
+                raise UserError(f"the image world has about {len(seen)} distinct sentences, too few for "
+                                f"--{split} {sizes[split]}; lower the sizes or raise --austen-share")
+        rng.shuffle(texts)
+        clips += [{"split": split, "index": i, "spoken": t, "source": src, "voice": voice, "timed": True}
+                  for i, (t, src) in enumerate(texts)]
+    return clips
+
+
 def _speak_shard(args: tuple[list[dict], str]) -> list[dict]:
-    """Runs in a fresh process: synthesize, write wavs, return manifest rows."""
+    """Runs in a fresh process: synthesize, write wavs, return manifest rows. A one-voice clip
+    ("timed") also gets its word starts; one whose events do not match is marked, not written."""
     shard, out = args
     rows = []
     for c in shard:
-        wav = synthesize(c["spoken"], c["voice"])
+        row = {"split": c["split"], "index": c["index"], "text": normalize(c["spoken"]),
+               "speaker": c["voice"].speaker_id, "source": c["source"]}
+        if c.get("timed"):
+            spoken = spoken_form(c["spoken"])
+            wav, events = synthesize_with_words(spoken, c["voice"])
+            row["words"] = word_starts(spoken, events, len(wav) / 16000)
+            if row["words"] is None or normalize(spoken) != row["text"]:
+                rows.append({**row, "unmatched": spoken})
+                continue
+            row["words"] = [round(t, 3) for t in row["words"]]
+        else:
+            wav = synthesize(c["spoken"], c["voice"])
         rel = f"wav/{c['split']}_{c['index']:06d}.wav"
         sf.write(Path(out) / rel, wav, 16000, subtype="PCM_16")
-        rows.append({"split": c["split"], "index": c["index"], "audio": rel, "text": normalize(c["spoken"]),
-                     "speaker": c["voice"].speaker_id, "duration": round(len(wav) / 16000, 3),
-                     "source": c["source"]})
+        rows.append({**row, "audio": rel, "duration": round(len(wav) / 16000, 3)})
     return rows
 
 
 def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, test: int = 600,
           austen_share: float = 0.25, corpus: str = "data/austen", test_accents=TEST_ACCENTS,
-          test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2) -> dict[str, Path]:
+          test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2, voice: str | None = None,
+          rate: int = 175, pitch: int = 50, test_world_share: float = 0.8) -> dict[str, Path]:
     """Write the data set to `out`; returns {split: manifest path}. A folder already built with the
-    same settings is left as it is (its build.json says how it was made)."""
+    same settings is left as it is (its build.json says how it was made). With `voice`
+    ('ACCENT+VARIANT') it is a one-voice set with word timings (see the module docstring)."""
     t0 = time.time()
     out_dir = repo_path(out)
+    one = parse_voice(voice, rate, pitch) if voice else None  # a bad name fails before any work
     settings = {"seed": seed, "train": train, "val": val, "test": test, "austen_share": austen_share,
                 "corpus": corpus, "test_accents": list(test_accents), "test_variants": list(test_variants),
                 "shards": shards}
+    if one:
+        settings = {"seed": seed, "voice": one.speaker_id, "train": train, "val": val, "test": test,
+                    "austen_share": austen_share, "test_world_share": test_world_share, "corpus": corpus,
+                    "shards": shards}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     done = out_dir / "build.json"
     built = done.is_file() and json.loads(done.read_text()) == settings
@@ -182,32 +277,61 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
         print(f"{out}: already built with these settings (see {done.name}); delete the folder to rebuild")
         return paths
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    clips = plan(seed, {"train": train, "val": val, "test": test}, austen_share, repo_path(corpus),
-                 list(test_accents), list(test_variants))
+    sizes = {"train": train, "val": val, "test": test}
+    if one:
+        clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus))
+    else:
+        clips = plan(seed, sizes, austen_share, repo_path(corpus), list(test_accents), list(test_variants))
     jobs = [(clips[k::shards], str(out_dir)) for k in range(shards)]
     # spawn + one task per process: every shard starts from eSpeak's freshly loaded state
     with mp.get_context("spawn").Pool(max(1, min(workers, shards)), maxtasksperchild=1) as pool:
         rows = [r for part in pool.map(_speak_shard, jobs, chunksize=1) for r in part]
     rows.sort(key=lambda r: (SPLITS.index(r["split"]), r["index"]))
+    unmatched = [r for r in rows if "unmatched" in r]
+    rows = [r for r in rows if "unmatched" not in r]
     for split in SPLITS:
-        keys = ("audio", "text", "speaker", "duration", "source")
+        keys = ("audio", "text", "speaker", "duration", "source") + (("words",) if one else ())
         part = [{k: r[k] for k in keys} for r in rows if r["split"] == split]
         paths[split].write_text("".join(json.dumps(r) + "\n" for r in part))
         hours = sum(r["duration"] for r in part) / 3600
         print(f"{split:>5}: {len(part):5d} clips, {hours:.2f} h, {len({r['speaker'] for r in part})} voices "
               f"-> {Path(out) / paths[split].name}")
+    if one:
+        _report_words(rows, unmatched)
     done.write_text(json.dumps(settings, indent=2) + "\n")  # written last: a killed build is redone
     print(f"built {len(rows)} clips in {time.time() - t0:.0f}s")
     return paths
+
+
+def _report_words(rows: list[dict], unmatched: list[dict]) -> None:
+    """The word timings' report line, and a few clips to look at (a proxy for listening)."""
+    n_words = sum(len(r["words"]) for r in rows)
+    ties = Counter(" ".join(r["text"].split()[i - 1: i + 1]) for r in rows
+                   for i in range(1, len(r["words"])) if r["words"][i] == r["words"][i - 1])
+    example = f" (e.g. {unmatched[0]['unmatched']!r})" if unmatched else ""
+    print(f"word timings: {n_words} words in {len(rows)} clips; skipped {len(unmatched)} clips whose eSpeak "
+          f"word events did not match the words{example}; {sum(ties.values())} words share their start with "
+          f"the word before (eSpeak speaks them as one unit: {', '.join(p for p, _ in ties.most_common(4))})")
+    per_word = [r["duration"] / len(r["words"]) for r in rows]
+    print(f"durations {min(r['duration'] for r in rows):.2f}-{max(r['duration'] for r in rows):.2f} s, "
+          f"{sum(per_word) / len(per_word):.2f} s per word on average")
+    for r in rows[:: max(1, len(rows) // 3)][:3]:
+        print(f"  {r['audio']} ({r['duration']:.2f} s): "
+              + " ".join(f"{w}@{t:.2f}" for w, t in zip(r["text"].split(), r["words"])))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="data/speech_tiny", help="output folder (relative to the repo root)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=6000, help="training clips")
-    p.add_argument("--val", type=int, default=300, help="validation clips (training voices)")
-    p.add_argument("--test", type=int, default=600, help="test clips (voices never heard in training)")
+    p.add_argument("--voice", help="ACCENT+VARIANT, e.g. en-us+m1: a one-voice set with word timings")
+    p.add_argument("--rate", type=int, default=175, help="--voice: words per minute")
+    p.add_argument("--pitch", type=int, default=50, help="--voice: base pitch, 0..100")
+    p.add_argument("--train", type=int, help="training clips (default 6000; 3000 with --voice)")
+    p.add_argument("--val", type=int, help="validation clips (default 300; 100 with --voice)")
+    p.add_argument("--test", type=int, help="test clips (default 600; 200 with --voice)")
+    p.add_argument("--test-world-share", type=float, default=0.8,
+                   help="--voice: fraction of image-world sentences in test (the rest are Austen)")
     p.add_argument("--austen-share", type=float, default=0.25, help="fraction of Austen sentences")
     p.add_argument("--corpus", default="data/austen", help="folder of .txt books")
     p.add_argument("--test-accents", default=",".join(TEST_ACCENTS), help="comma-separated held-out accents")
@@ -216,8 +340,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     a = p.parse_args(argv)
     writable_dir(a.out)  # one clear line instead of a traceback from a worker process
     split_list = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    return build(a.out, a.seed, a.train, a.val, a.test, a.austen_share, a.corpus, split_list(a.test_accents),
-                 split_list(a.test_variants), a.workers)
+    sizes = [n if n is not None else d for n, d in zip((a.train, a.val, a.test),
+                                                        (3000, 100, 200) if a.voice else (6000, 300, 600))]
+    return build(a.out, a.seed, *sizes, a.austen_share, a.corpus, split_list(a.test_accents),
+                 split_list(a.test_variants), a.workers, voice=a.voice, rate=a.rate, pitch=a.pitch,
+                 test_world_share=a.test_world_share)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ eSpeak NG is a small formant synthesizer (no neural network, no downloads). The 
 C API with `ctypes`. The glue is five calls:
 
     espeak_Initialize(SYNCHRONOUS, ...)   -> the library's sample rate (22050 Hz)
-    espeak_SetSynthCallback(cb)           cb(short *wav, int n, events) receives the samples
+    espeak_SetSynthCallback(cb)           cb(short *wav, int n, espeak_EVENT *events) receives
+                                          the samples and the events (word starts, ...)
     espeak_SetVoiceByName("en-us+m3")     accent (a language file) + variant (a voice timbre)
     espeak_SetParameter(RATE / PITCH)     words per minute, base pitch 0..100
     espeak_Synth(text, ...)               blocks until the whole text was passed to cb
@@ -14,6 +15,13 @@ A voice identity is accent x variant x rate x pitch. The accents are eSpeak's En
 files (British, American, Scottish, Caribbean, ...), the variants are the files in
 `espeak-ng-data/voices/!v` (m1..m8 male, f1..f5 female, klatt* use a different synthesizer,
 plus many named ones). Both lists are read from the data folder, never hard-coded.
+
+Word timings: with the samples, eSpeak hands the callback an array of `espeak_EVENT`s (ended by
+one of type 0). A word event (type 1) says where the word is in the text (`text_position`,
+1-based, in characters) and when it starts in the audio (`audio_position`, in ms), which gives
+stage D the words' start times without any aligner. The positions are exact for plain text but
+drift after quotes and underscores (seen: in `"it is."` the word "is" gets the position of the "t"), so callers
+that need exact positions speak text without them (`omni.speech_data.spoken_form`).
 
 eSpeak keeps one global state per process, so this module is not thread-safe: use processes.
 Reference: https://github.com/espeak-ng/espeak-ng/blob/master/src/include/espeak-ng/speak_lib.h
@@ -34,9 +42,32 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth blocks and hands samples to the ca
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_PITCH = 1, 3
+_EVENT_END, _EVENT_WORD = 0, 1  # espeak_EVENT_TYPE: the list terminator and a word start
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT as speak_lib.h lays it out (40 bytes on x86-64)."""
+
+    _fields_ = [("type", ctypes.c_int),  # 1 word, 2 sentence, 5 end, 7 phoneme, 8 sample rate, 0 last
+                ("unique_identifier", ctypes.c_uint),  # the id espeak_Synth returned (unused: 0)
+                ("text_position", ctypes.c_int),  # 1-based character position in the text
+                ("length", ctypes.c_int),  # the word's length in characters
+                ("audio_position", ctypes.c_int),  # ms from the start of the output
+                ("sample", ctypes.c_int),  # the same time in samples at the library's rate
+                ("user_data", ctypes.c_void_p),  # the pointer given to espeak_Synth (None)
+                ("id", ctypes.c_char * 8)]  # union {int number; char *name; char string[8]}
+
+
 # The callback's C type: int cb(short *wav, int numsamples, espeak_EVENT *events). Returning 0
-# means "go on". We never read the events, so they stay an opaque pointer.
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+# means "go on".
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+
+@dataclass(frozen=True)
+class WordEvent:
+    start: float  # seconds from the start of the clip
+    text_position: int  # 0-based character offset of the word in the spoken text
+    length: int  # characters, as eSpeak counts them
 
 
 @dataclass(frozen=True)
@@ -79,7 +110,8 @@ def voice_variants() -> tuple[str, ...]:
 
 
 class _ESpeak:
-    """The library, initialised once per process, collecting the callback's samples in a list."""
+    """The library, initialised once per process, collecting the callback's samples and word
+    events in lists."""
 
     def __init__(self):
         import espeakng_loader
@@ -94,6 +126,7 @@ class _ESpeak:
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
         self.chunks: list[np.ndarray] = []
+        self.words: list[WordEvent] = []
         self._callback = _CALLBACK(self._on_samples)  # keep a reference: C holds only a raw pointer
         lib.espeak_SetSynthCallback(self._callback)
         self.lib = lib
@@ -101,6 +134,12 @@ class _ESpeak:
     def _on_samples(self, wav, n, events) -> int:
         if wav and n > 0:  # copy now: eSpeak reuses the buffer for the next chunk
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events and events[i].type != _EVENT_END:  # reading events does not change the audio
+            e = events[i]
+            if e.type == _EVENT_WORD:
+                self.words.append(WordEvent(e.audio_position / 1000, e.text_position - 1, e.length))
+            i += 1
         return 0
 
     def synth(self, text: str, voice: Voice) -> np.ndarray:
@@ -111,7 +150,7 @@ class _ESpeak:
         self.lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
         self.lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
         data = text.encode("utf-8")
-        self.chunks = []
+        self.chunks, self.words = [], []
         err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err} on {text!r}")
@@ -123,12 +162,29 @@ def _engine() -> _ESpeak:
     return _ESpeak()
 
 
-def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = 16000) -> np.ndarray:
-    """Speak `text` with `voice`: a float32 waveform in [-1, 1] at `sample_rate` Hz, shape (N,)."""
+def synthesize_with_words(text: str, voice: Voice = Voice(),
+                          sample_rate: int = 16000) -> tuple[np.ndarray, list[WordEvent]]:
+    """Speak `text` with `voice`: a float32 waveform in [-1, 1] at `sample_rate` Hz, shape (N,),
+    and eSpeak's word events in order (start in seconds, position in `text`, length)."""
     from omni.audio import resample  # the same resampler the audio loader uses
 
     if voice.variant not in voice_variants():  # eSpeak would silently ignore an unknown variant
         raise UserError(f"eSpeak has no voice variant '{voice.variant}' (see espeak-ng-data/voices/!v)")
     engine = _engine()
     wav = engine.synth(text, voice).astype(np.float32) / 32768.0
-    return resample(wav, engine.sample_rate, sample_rate)
+    return resample(wav, engine.sample_rate, sample_rate), list(engine.words)
+
+
+def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = 16000) -> np.ndarray:
+    """Speak `text` with `voice`: a float32 waveform in [-1, 1] at `sample_rate` Hz, shape (N,)."""
+    return synthesize_with_words(text, voice, sample_rate)[0]
+
+
+def parse_voice(name: str, rate: int = 175, pitch: int = 50) -> Voice:
+    """'ACCENT+VARIANT' (e.g. en-us+m1) -> a Voice, checked against eSpeak's data folder."""
+    accent, plus, variant = name.partition("+")
+    if not plus or accent not in english_accents() or variant not in voice_variants():
+        raise UserError(f"--voice '{name}': expected ACCENT+VARIANT with an accent from "
+                        f"{', '.join(english_accents())} and a variant from espeak-ng-data/voices/!v "
+                        "(e.g. en-us+m1)")
+    return Voice(accent, variant, rate, pitch)

@@ -11,8 +11,8 @@ from omni.audio import load_speech_set
 from omni.audio_encoder import CharVocab
 from omni.config import UserError
 from omni.librispeech import prepare
-from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, build, normalize
-from omni.tts import Voice, english_accents, synthesize, voice_variants
+from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, build, normalize, spoken_form, word_starts
+from omni.tts import Voice, WordEvent, english_accents, synthesize, voice_variants
 
 
 def read(path):
@@ -149,3 +149,56 @@ def test_librispeech_layout_becomes_manifests_split_by_speaker(tmp_path):
     assert len(s) == 8 and sorted(set(s.lengths)) == [50, 60]
     with pytest.raises(UserError, match="trans.txt"):
         prepare(tmp_path / "out", tmp_path / "out2")
+
+
+ONE_VOICE = dict(seed=1, train=10, val=3, test=5, workers=1, shards=1, voice="en-us+m1")
+
+
+def test_spoken_form_keeps_the_words_and_drops_what_shifts_espeaks_positions():
+    for text in ('"Yes," said she, "it is."', "A house in town--that, she thought, must be impossible.",
+                 "Ah!--so you say; but I cannot believe it.", "A quiet-looking young man.", "'Tis so,' said she."):
+        spoken = spoken_form(text)
+        assert normalize(spoken) == normalize(text) and not set(spoken) & set('"_-')
+        assert all(len(normalize(w).split()) <= 1 for w in spoken.split())  # one token, one word
+    assert spoken_form("Ah!--so you say") == "Ah! so you say"
+
+
+def test_word_starts_match_events_to_words_and_refuse_what_does_not_match():
+    spoken = "the square is on the left."  # eSpeak says "on the" as one unit: no event for "the"
+    ev = [WordEvent(t, p, n) for t, p, n in [(0.0, 0, 3), (0.2, 4, 6), (0.6, 11, 2), (0.8, 14, 2), (1.2, 21, 4)]]
+    assert word_starts(spoken, ev, 1.6) == [0.0, 0.2, 0.6, 0.8, 0.8, 1.2]  # "the" shares the start of "on"
+    assert word_starts(spoken, ev[1:], 1.6) is None  # the first word has no start
+    assert word_starts(spoken, ev, 1.1) is None  # a word starts after the clip ends
+    shifted = ev[:3] + [WordEvent(0.8, 12, 2)] + ev[4:]  # eSpeak's position drift: inside "is" again
+    assert word_starts(spoken, shifted, 1.6) is None
+    swapped = ev[:2] + [WordEvent(0.9, 11, 2), WordEvent(0.8, 14, 2)] + ev[4:]  # starts must rise
+    assert word_starts(spoken, swapped, 1.6) is None
+
+
+@pytest.fixture(scope="module")
+def one_voice(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("voice"), **ONE_VOICE)
+
+
+def test_one_voice_set_has_word_timings_and_held_out_sentences(one_voice):
+    rows = {split: read(p) for split, p in one_voice.items()}
+    for split, part in rows.items():
+        assert 0 < len(part) <= ONE_VOICE[split]  # a clip whose events did not match is left out
+        for r in part:
+            assert set(r) == {"audio", "text", "speaker", "duration", "source", "words"}
+            assert r["speaker"] == "en-us+m1@r175p50" and len(r["words"]) == len(r["text"].split())
+            assert r["words"][0] < 0.2 and r["words"][-1] < r["duration"]
+            assert all(a <= b for a, b in zip(r["words"], r["words"][1:]))
+            assert sf.info(str(one_voice[split].parent / r["audio"])).samplerate == 16000
+    train = {r["text"] for r in rows["train"]}
+    assert not train & {r["text"] for r in rows["val"] + rows["test"]}  # held out: never trained on
+    assert sum(r["source"] == "world" for r in rows["test"]) == 4  # round(0.8 * 5)
+    with pytest.raises(UserError, match="ACCENT\\+VARIANT"):
+        build(one_voice["train"].parent / "x", **{**ONE_VOICE, "voice": "en-us+nobody"})
+
+
+def test_one_voice_build_prints_its_checks(tmp_path, capsys):
+    build(tmp_path, **{**ONE_VOICE, "train": 4, "val": 1, "test": 2})
+    out = capsys.readouterr().out
+    assert "word timings:" in out and "skipped" in out and "share their start" in out
+    assert "wav/train_000000.wav" in out  # an example clip with its word starts
