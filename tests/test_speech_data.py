@@ -11,6 +11,7 @@ from omni.audio import load_speech_set
 from omni.audio_encoder import CharVocab
 from omni.config import UserError
 from omni.librispeech import prepare
+from omni.ljspeech import prepare as prepare_ljspeech
 from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, build, normalize, spoken_form, word_starts
 from omni.tts import Voice, WordEvent, english_accents, synthesize, voice_variants
 
@@ -202,3 +203,33 @@ def test_one_voice_build_prints_its_checks(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "word timings:" in out and "skipped" in out and "share their start" in out
     assert "wav/train_000000.wav" in out  # an example clip with its word starts
+
+
+def test_ljspeech_layout_becomes_manifests_with_stretched_word_timings(tmp_path, capsys):
+    root = tmp_path / "LJSpeech-tiny"
+    (root / "wavs").mkdir(parents=True)
+    lines = ["LJ001-0001|Printing, in the only sense|Printing, in the only sense",
+             "LJ001-0002|In 1469 he moved.|In fourteen sixty-nine he moved.",
+             "LJ001-0003|The earliest book|", "LJ001-0004|The Mr. Smith case|The Mister Smith case",
+             "LJ001-0005|A lost clip|A lost clip", "LJ001-0006|Noise|Noise", "LJ001-0007|   |"]
+    for i, line in enumerate(lines[:4]):  # a real voice, slower than eSpeak's: the timings must stretch
+        sf.write(root / "wavs" / f"{line.split('|')[0]}.wav",
+                 synthesize(line.split("|")[1], Voice("en", "f1", rate=130)), 22050 if i % 2 else 16000)
+    (root / "wavs" / "LJ001-0006.wav").write_bytes(b"not audio")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    paths = prepare_ljspeech(root, tmp_path / "out", every=3, workers=1)
+    rows = {s: read(p) for s, p in paths.items()}
+    assert [len(rows[s]) for s in ("train", "val", "test")] == [1, 1, 2]  # ranks 0, 3 test; 1 val; 2 train
+    by_text = {r["text"]: r for part in rows.values() for r in part}
+    assert set(by_text) == {"printing in the only sense", "in fourteen sixty nine he moved",
+                            "the earliest book", "the mister smith case"}  # the normalized field when given
+    for r in by_text.values():
+        assert set(r) == {"audio", "text", "speaker", "duration", "source", "words"}
+        assert len(r["words"]) == len(r["text"].split()) and r["words"][-1] < r["duration"]
+        assert all(a <= b for a, b in zip(r["words"], r["words"][1:]))
+    out = capsys.readouterr().out
+    assert "skipped 3: 1 empty transcript (e.g. LJ001-0007), 2 missing or unreadable wav" in out
+    s = load_speech_set(paths["test"], valid_text=CharVocab().is_valid, cache=False)  # paths resolve
+    assert len(s) == 2 and all(abs(n / 100 - by_text[t]["duration"]) < 0.02 for n, t in zip(s.lengths, s.texts))
+    with pytest.raises(UserError, match="metadata.csv"):
+        prepare_ljspeech(tmp_path / "out", tmp_path / "out2")
