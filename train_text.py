@@ -8,6 +8,8 @@ language model's held-out loss, perplexity and bits per byte.
     python train_text.py --config configs/thinker_tiny.json --resume auto
     python train_text.py --debug                                     # a few steps, seconds
     python -m omni.sample runs/thinker_tiny/best.pt --prompt "It is a truth"
+    python -m omni.tinystories --root data/tinystories_raw --out data/tinystories   # GPU scale:
+    python train_text.py --config configs/thinker_small.json                        # one GPU
 
 The run directory (train.out_dir) holds the tokenizer, checkpoints, log.jsonl, curves.png and
 metrics.json. Chapter: chapters/02_stage_a_thinker.md.
@@ -16,15 +18,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
 
 from omni import config
 from omni.paths import repo_path
-from omni.text_data import encode_stream, eval_windows, random_windows, split_corpus, unigram_bits_per_byte
+from omni.text_data import (
+    encode_stream,
+    eval_windows,
+    open_token_folder,
+    random_windows,
+    split_corpus,
+    unigram_bits_per_byte,
+)
 from omni.thinker import Thinker, ThinkerConfig, generate
-from omni.tokenizer import Tokenizer, train_tokenizer
+from omni.tokenizer import Tokenizer, install_tokenizer, train_tokenizer
 from omni.trainer import Task, TrainConfig, fit
 
 
@@ -32,6 +42,7 @@ from omni.trainer import Task, TrainConfig, fit
 class TextDataConfig:
     corpus: str = "data/austen"  # folder of UTF-8 .txt books (relative to the repository root)
     val_every: int = 10  # every n-th chapter of each book is held out for evaluation
+    tokens: str = ""  # folder of token files from omni.text_prepare / omni.tinystories; "" = use data.corpus
     seq_len: int = 256  # tokens per training window (at most model.max_seq_len)
     eval_tokens: int = 0  # held-out tokens scored at each evaluation (0 = the whole held-out split)
     prompts: list[str] = field(default_factory=lambda: [
@@ -69,24 +80,36 @@ def main(cfg: TextStageConfig) -> dict:
     run_dir = repo_path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    # 2. Data: tokenizer trained on the training chapters only, then two id streams ----------
-    train_paras, val_paras = split_corpus(repo_path(cfg.data.corpus), cfg.data.val_every)
-    tok_path = run_dir / "tokenizer.model"
-    if tok_path.exists() and not cfg.train.overwrite:
-        tok = Tokenizer(tok_path)  # a resumed run must keep the ids it was trained with
+    # 2. Data: tokenizer trained on the training text only, then two id streams ----------------
+    if cfg.data.tokens:  # prepared once, ids on disk: memory-mapped, never all in RAM
+        folder = repo_path(cfg.data.tokens)
+        train_ids, val_ids, meta = open_token_folder(folder)
+        tok = install_tokenizer(folder / meta["tokenizer"], run_dir / "tokenizer.model")
+        tok_path, what = folder / meta["tokenizer"], "documents"
+        n_train, n_val = meta["train"]["documents"], meta["val"]["documents"]
     else:
-        tok = train_tokenizer(train_paras, tok_path, cfg.model.vocab_size)
+        train_paras, val_paras = split_corpus(repo_path(cfg.data.corpus), cfg.data.val_every)
+        tok_path, what = run_dir / "tokenizer.model", "paragraphs"
+        if tok_path.exists() and not cfg.train.overwrite:
+            tok = Tokenizer(tok_path)  # a resumed run must keep the ids it was trained with
+        else:
+            tok = train_tokenizer(train_paras, tok_path, cfg.model.vocab_size)
+        train_ids, val_ids = encode_stream(tok, train_paras), encode_stream(tok, val_paras)
+        n_train, n_val = len(train_paras), len(val_paras)
     if tok.vocab_size != cfg.model.vocab_size:
         raise config.UserError(f"{tok_path}: has {tok.vocab_size} tokens but model.vocab_size is "
-                               f"{cfg.model.vocab_size}; delete it or use the matching vocab_size")
-    train_ids, val_ids = encode_stream(tok, train_paras), encode_stream(tok, val_paras)
+                               f"{cfg.model.vocab_size}; set model.vocab_size={tok.vocab_size} or "
+                               f"{'prepare data.tokens again' if cfg.data.tokens else 'delete it'}")
     token_bytes = torch.tensor(tok.token_bytes())
     val_x, val_y = eval_windows(val_ids, cfg.data.seq_len, cfg.data.eval_tokens)
     val_bytes = token_bytes[val_y].sum().item()
     unigram_bpb = unigram_bits_per_byte(train_ids, val_y.flatten(), token_bytes)
-    print(f"corpus: {len(train_paras)} train / {len(val_paras)} held-out paragraphs; "
+    print(f"corpus: {n_train} train / {n_val} held-out {what}; "
           f"{len(train_ids):,} / {len(val_ids):,} tokens; {val_bytes / val_y.numel():.2f} bytes per token")
     print(f"reference: a unigram model scores {unigram_bpb:.3f} bits per byte on the held-out text")
+    budget = cfg.train.max_steps * cfg.train.grad_accum * cfg.train.batch_size * cfg.data.seq_len
+    budget *= int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun every process reads its own batches
+    print(f"budget: {budget:,} training tokens = {budget / len(train_ids):.2f} passes over the training text")
 
     # 3. Model -------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)
@@ -95,6 +118,8 @@ def main(cfg: TextStageConfig) -> dict:
     # 4. What trains: every parameter (train.lr_scale can freeze or slow down parts) -----------
     n_params = model.num_params()
     print(f"parameters: {n_params:,} trainable / {n_params:,} total")
+    print(f"scale: {budget / n_params:.1f} training tokens per parameter (about 20 is compute-optimal, "
+          "Hoffmann et al. 2022)")
 
     def get_batch(i):
         return random_windows(train_ids, cfg.train.batch_size, cfg.data.seq_len, cfg.train.seed, i)

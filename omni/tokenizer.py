@@ -10,12 +10,22 @@
   placeholders where image and audio features are spliced in (stage E), and speech markers
   for the Talker (stage D). "\\n" is a token of its own, since paragraphs end with it.
 
+For a large corpus the tokenizer trains on a sample: `texts` may be any iterator (a generator
+that streams a file), and with `sample_sentences` only a uniform random sample of that many
+sentences is kept while the stream is read once (reservoir sampling, Vitter's Algorithm R), so
+the corpus is never held in memory. The sample is drawn here, seeded, rather than by
+sentencepiece's own `input_sentence_size`, whose sample changes from one process to the next:
+the same corpus and seed give the same tokenizer file, byte for byte.
+
 Reference: Kudo & Richardson, "SentencePiece" (2018); Sennrich et al., "BPE" (2016).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import random
+from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
@@ -70,11 +80,28 @@ class Tokenizer:
         return out
 
 
-def train_tokenizer(texts: list[str], model_path: str | Path, vocab_size: int) -> Tokenizer:
-    """Train a BPE tokenizer on `texts` (one paragraph or sentence each); write it to model_path."""
+def sample_lines(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
+    """k items drawn uniformly from a stream read once, holding only k at a time (Algorithm R:
+    item n replaces a random slot with probability k / (n + 1))."""
+    rng, sample = random.Random(seed), []
+    for n, text in enumerate(texts):
+        if n < k:
+            sample.append(text)
+        elif (j := rng.randrange(n + 1)) < k:
+            sample[j] = text
+    return sample
+
+
+def train_tokenizer(texts: Iterable[str], model_path: str | Path, vocab_size: int, sample_sentences: int = 0,
+                    threads: int = 1, seed: int = 0) -> Tokenizer:
+    """Train a BPE tokenizer on `texts` (one paragraph or sentence each); write it to model_path.
+    sample_sentences > 0 trains on a random sample of that many (seeded by `seed`) instead of
+    all of them; `threads` are sentencepiece's trainer threads."""
+    if sample_sentences:
+        texts = sample_lines(texts, sample_sentences, seed)
     model = io.BytesIO()
     try:
-        _train(texts, model, vocab_size)
+        _train(iter(texts), model, vocab_size, threads)
     except RuntimeError as e:  # sentencepiece's own message says what was too small
         raise UserError(f"model.vocab_size={vocab_size}: sentencepiece cannot train it "
                         f"({str(e).split('] ')[-1]})") from None
@@ -86,10 +113,29 @@ def train_tokenizer(texts: list[str], model_path: str | Path, vocab_size: int) -
     return Tokenizer(model_path)
 
 
-def _train(texts: list[str], model: io.BytesIO, vocab_size: int) -> None:
+def file_sha256(path: str | Path) -> str:
+    """The fingerprint that ties a token file to the tokenizer that wrote it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def install_tokenizer(src: Path, dst: Path) -> Tokenizer:
+    """Copy a prepared corpus's tokenizer into a run directory (atomically, so torchrun ranks may
+    all do it). A run directory that already holds a different tokenizer is an error: its
+    checkpoints were trained with other ids."""
+    if dst.exists() and file_sha256(dst) != file_sha256(src):
+        raise UserError(f"{dst}: differs from {src}, the tokenizer of the token files; "
+                        "use another train.out_dir or --train.overwrite=true")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)
+    return Tokenizer(dst)
+
+
+def _train(texts, model: io.BytesIO, vocab_size: int, threads: int) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=texts, model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, split_digits=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, add_dummy_prefix=False, max_sentence_length=1 << 20, hard_vocab_limit=False,
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        user_defined_symbols=SPECIAL_TOKENS, num_threads=1, minloglevel=2)
+        user_defined_symbols=SPECIAL_TOKENS, num_threads=threads, minloglevel=2)

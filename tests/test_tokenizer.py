@@ -2,7 +2,7 @@
 import pytest
 
 from omni.config import UserError
-from omni.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Tokenizer, train_tokenizer
+from omni.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, Tokenizer, sample_lines, train_tokenizer
 
 TEXT = ["It is a truth universally acknowledged, that a single man in possession of a good fortune,",
         "must be in want of a wife.", "Emma Woodhouse, handsome, clever, and rich, with a comfortable home"] * 20
@@ -38,3 +38,24 @@ def test_missing_model_and_too_small_vocab_are_clear(tmp_path):
         Tokenizer(tmp_path / "nope.model")
     with pytest.raises(UserError, match="model.vocab_size=50"):
         train_tokenizer(TEXT, tmp_path / "t.model", vocab_size=50)
+
+
+def test_a_large_corpus_trains_on_a_seeded_sample_streamed_from_a_generator(tmp_path):
+    """sample_sentences keeps a seeded random sample of a stream it reads once, never the whole
+    stream as a list. A word on 10 lines of 10,000 becomes a token when every line is read, and is
+    missed by a sample of 200 (seed 0; 0.2 such lines expected); the same seed gives the same
+    tokenizer file, byte for byte (also in another process: the sample is drawn in Python)."""
+    read = []
+
+    def lines():
+        for i in range(10_000):
+            read.append(i)
+            yield "sentiment " * 10 if i % 1000 == 7 else TEXT[i % len(TEXT)]
+
+    full = train_tokenizer(lines(), tmp_path / "full.model", vocab_size=1000)
+    a = train_tokenizer(lines(), tmp_path / "a.model", vocab_size=1000, sample_sentences=200, seed=0)
+    train_tokenizer(lines(), tmp_path / "b.model", vocab_size=1000, sample_sentences=200, seed=0)
+    assert len(read) == 3 * 10_000  # each stream was read to the end, one line at a time
+    assert len(full.encode(" sentiment")) == 1 and len(a.encode(" sentiment")) > 1
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+    assert sorted(sample_lines(range(10), 10)) == list(range(10)) and len(sample_lines(iter(range(99)), 7)) == 7
