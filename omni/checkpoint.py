@@ -104,6 +104,10 @@ def checkpoint_stage(state: dict) -> str:
     if state.get("stage"):
         return state["stage"]
     cfg = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if "codec" in cfg:  # stage D's config also holds "audio": look for it first
+        return "D-talker" if cfg.get("phase") == "talker" else "D-codec"
+    if "projector" in cfg:
+        return "E"
     if "vision" in cfg:
         return "C"
     if "audio" in cfg:

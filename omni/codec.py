@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.checkpoint import load_checkpoint
+from omni.checkpoint import load_stage_checkpoint
 from omni.config import UserError, from_dict
 from omni.rvq import ResidualVQ, usage
 
@@ -147,7 +147,7 @@ def reconstruct(codec: Codec, mels: list[torch.Tensor], n_codebooks: int | None 
 
 def load_codec(path: str) -> Codec:
     """The codec of a stage D codec checkpoint (its "config" and "model"), in eval mode on the CPU."""
-    state = load_checkpoint(path)
+    state = load_stage_checkpoint(path, "D-codec")
     if "codec" not in state.get("config", {}) or not any(k.startswith("rvq.") for k in state.get("model", {})):
         raise UserError(f"{path}: not a codec checkpoint (train one with "
                         "`python train_talker.py --config configs/codec_tiny.json`)")

@@ -12,7 +12,7 @@ import torch
 
 from omni.audio import FrontEndConfig, log_mel, pad_batch
 from omni.audio_encoder import AudioCTC, AudioEncoderConfig, CharVocab, ctc_greedy_decode
-from omni.checkpoint import load_checkpoint
+from omni.checkpoint import load_stage_checkpoint
 from omni.config import UserError, from_dict
 
 
@@ -45,7 +45,7 @@ class Recogniser:
 
 def load_recogniser(path: str) -> Recogniser:
     """The recogniser of a stage B checkpoint (runs/audio_enc_tiny/best.pt), on the CPU."""
-    state = load_checkpoint(path)
+    state = load_stage_checkpoint(path, "B")
     cfg = state.get("config", {})
     if "model" not in cfg or "audio" not in cfg or not any(k.startswith("encoder.") for k in state.get("model", {})):
         raise UserError(f"{path}: not a stage B checkpoint (train one with "

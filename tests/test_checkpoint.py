@@ -90,6 +90,9 @@ def test_stage_is_written_and_checked(tmp_path):
 @pytest.mark.parametrize("config, stage", [({"data": {}, "model": {"vocab_size": 512}, "train": {}}, "A"),
                                            ({"data": {}, "audio": {}, "model": {"n_mels": 80}}, "B"),
                                            ({"vision": {}, "text": {}, "clip": {}}, "C"),
+                                           ({"phase": "codec", "audio": {}, "codec": {}}, "D-codec"),
+                                           ({"phase": "talker", "audio": {}, "codec": {}}, "D-talker"),
+                                           ({"init": {}, "projector": {}, "train": {}}, "E"),
                                            ({"note": "?"}, "")])
 def test_stage_of_checkpoints_written_before_the_field(tmp_path, config, stage):
     path = tmp_path / "old.pt"

@@ -98,9 +98,9 @@ def test_judge_transcribes_and_wrong_checkpoints_are_one_clear_line(tmp_path, vo
     hyps = judge.transcribe([np.zeros(8000, np.float32), 0.1 * np.ones(16000, np.float32)])
     assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
     torch.save({"config": {}, "model": {"x": torch.zeros(1)}}, tmp_path / "other.pt")
-    with pytest.raises(UserError, match="not a codec checkpoint"):
+    with pytest.raises(UserError, match="needs a stage D-codec checkpoint"):
         load_codec(str(tmp_path / "other.pt"))
-    with pytest.raises(UserError, match="not a stage B checkpoint"):
+    with pytest.raises(UserError, match="needs a stage B checkpoint"):
         load_recogniser(str(tmp_path / "other.pt"))
     with pytest.raises(UserError, match="phase"):
         run_stage("train_talker", tmp_path / "run", *voice, "--phase=vocoder")
