@@ -5,16 +5,23 @@ and back (a convolutional encoder, residual vector quantization with K codebooks
 restores the 100 Hz detail); Griffin-Lim turns log-mel into a waveform. It is judged by mel
 reconstruction error, bitrate, codebook usage and by the stage B recogniser's character error
 rate on held-out image-world sentences: original clip, mel -> vocoder only, and the full codec.
-Phase "talker": a Talker writes those codes from the Thinker's tokens (see its chapter).
+Phase "talker": a Talker (a small autoregressive transformer) writes the frozen codec's codes from the
+frozen Thinker's tokens, word by word along eSpeak's word timings, and says by itself when a word and
+the sentence end. It is judged by teacher-forced code accuracy and by free generation of held-out
+sentences: the share that end by themselves, their duration, and the recogniser's CER.
 
     python -m omni.speech_data --out data/voice_tiny --voice en-us+m1    # one voice, 1-2 minutes
     python train_talker.py --config configs/codec_tiny.json              # the codec, ~2 minutes
     python train_talker.py --config configs/codec_tiny.json --resume auto
+    python train_talker.py --config configs/talker_tiny.json             # then the Talker, ~4 minutes
+    python -m omni.say runs/talker_tiny/best.pt "a small red circle at the top" --out hello.wav
     python train_talker.py --debug                                       # a few steps, seconds
+    python train_talker.py --debug --phase=talker --train.out_dir=runs/debug_talker  # after the line above
 
 The run directory holds checkpoints, log.jsonl, curves.png, metrics.json, and from the final
 evaluation a few wavs (vocoder_*.wav: the original mel through Griffin-Lim; codec_*.wav: through
-the codec too), their spectrograms and codebooks.png (reconstructions with 1, 2, ..., K codebooks).
+the codec too), their spectrograms and codebooks.png (reconstructions with 1, 2, ..., K codebooks);
+a Talker run writes talker_*.wav and talker_spectrograms.png at every evaluation.
 Chapters: chapters/06_speech_codec.md (the codec) and chapters/07_stage_d_talker.md (the Talker).
 """
 from __future__ import annotations
@@ -27,10 +34,16 @@ import torch
 from omni import config
 from omni.audio import FrontEndConfig, SpeechSet, load_speech_set
 from omni.audio_encoder import CharVocab
-from omni.codec import HOP, Codec, CodecConfig, codec_metrics, reconstruct
+from omni.codec import HOP, Codec, CodecConfig, codec_metrics, load_codec, reconstruct
+from omni.griffin_lim import mel_to_wav
 from omni.paths import repo_path
 from omni.recogniser import load_recogniser
+from omni.say import build_talker
 from omni.speech_eval import judge_speech, plot_mels, write_samples
+from omni.talker import Talker, TalkerConfig, talker_loss
+from omni.talker_data import batch_order, collate, load_talker_set
+from omni.talker_eval import FIELDS, free_generation, teacher_forced
+from omni.tokenizer import Tokenizer
 from omni.trainer import Task, TrainConfig, fit
 
 
@@ -57,6 +70,7 @@ class TalkerStageConfig:
     data: VoiceDataConfig = field(default_factory=VoiceDataConfig)
     audio: FrontEndConfig = field(default_factory=FrontEndConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    talker: TalkerConfig = field(default_factory=TalkerConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/codec_tiny"))
 
 
@@ -64,7 +78,9 @@ class TalkerStageConfig:
 DEBUG = {"codec.channels": 32, "codec.n_res": 1, "codec.code_dim": 16, "codec.codebook_size": 16,
          "data.judge": "", "data.eval_clips": 6, "data.wavs": 2, "data.griffin_lim_iters": 4, "data.crop": 48,
          "train.max_steps": 6, "train.batch_size": 4, "train.warmup_steps": 2, "train.eval_every": 3,
-         "train.log_every": 2, "train.ckpt_every": 3, "train.out_dir": "runs/debug_codec", "train.overwrite": True}
+         "train.log_every": 2, "train.ckpt_every": 3, "train.out_dir": "runs/debug_codec", "train.overwrite": True,
+         "talker.codec": "runs/debug_codec/best.pt", "talker.d_model": 32, "talker.n_layer": 1, "talker.n_head": 2,
+         "talker.text_layers": 1, "talker.depth_d_model": 32}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +170,81 @@ def codec_model(cfg: TalkerStageConfig, sets: dict[str, SpeechSet]) -> Codec:
     return Codec(cfg.codec)
 
 
-# The phases: (model builder, task builder, final report). The Talker phase adds its own here.
-PHASES = {"codec": (codec_model, codec_task, codec_report)}
+# ---------------------------------------------------------------------------------------------
+# Phase "talker": the Talker learns to write the frozen codec's codes, word by word.
+
+
+def talker_model(cfg: TalkerStageConfig, sets: dict[str, SpeechSet]) -> Talker:
+    """The Talker, sized by the frozen codec (K codebooks of C codes) and told how many code frames a
+    character of text takes on the training set (its generation cap for unseen text)."""
+    t = cfg.talker
+    codec = load_codec(t.codec)
+    t.n_codebooks, t.codebook_size = codec.cfg.n_codebooks, codec.cfg.codebook_size
+    train = sets["train"]
+    t.frames_per_char = t.frames_per_char or sum(train.lengths) / HOP / sum(len(x) for x in train.texts)
+    print(f"from {t.codec}: {t.n_codebooks} codebooks x {t.codebook_size} codes at {100 // HOP} Hz; "
+          f"from {t.thinker}: the frozen token table ({t.cond}); {t.frames_per_char:.2f} frames per character")
+    return build_talker(t)
+
+
+def talker_task(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model: Talker) -> Task:
+    t, d, B = cfg.talker, cfg.data, cfg.train.batch_size
+    codec, tokenizer = load_codec(t.codec), Tokenizer(repo_path(t.tokenizer))
+    data = {name: load_talker_set(getattr(d, name), sets[name], cfg.audio, tokenizer, codec, t.codec,
+                                  keep_mels=name == "test") for name in ("train", "val", "test")}
+    train = data["train"]
+    if len(train) < B:
+        raise config.UserError(f"{d.train}: {len(train)} clips with word timings, fewer than train.batch_size ({B})")
+    per_epoch = len(train) // B
+    picks = {name: [k for k in range(len(s)) if not d.eval_source or s.sources[k] == d.eval_source][:d.eval_clips
+                                                                                                   or None]
+             for name, s in data.items()}
+    reference = {}  # the judge on the eSpeak originals: the same at every evaluation
+
+    def get_batch(i: int) -> dict:
+        ids = batch_order(train.lengths, B, cfg.train.seed, i // per_epoch)[i % per_epoch]
+        return collate(train, ids)
+
+    def loss_fn(m, b):
+        return talker_loss(*m(*(b[k] for k in FIELDS)), b, t)
+
+    def evaluate(m):
+        out = {}
+        for name in ("val", "test"):
+            out.update({(k if name == "val" and k == "loss" else f"{name}_{k}"): v
+                        for k, v in teacher_forced(m, data[name], picks[name] or list(range(len(data[name])))).items()})
+        spoken = free_generation(m, codec, data["test"], picks["test"], judge, d.griffin_lim_iters,
+                                 seed=cfg.train.seed, reference=reference)
+        samples = spoken.pop("samples")
+        out.update({f"gen_{k}": v for k, v in spoken.items()})
+        run_dir = repo_path(cfg.train.out_dir)
+        wavs = samples["wavs"] or [mel_to_wav(x, cfg.audio, d.griffin_lim_iters) for x in samples["pred"][:d.wavs]]
+        write_samples(run_dir, "talker", samples["texts"], samples["hyps"], wavs, samples["pred"], samples["orig"],
+                      n=d.wavs)
+        return out
+
+    return Task(model, get_batch, loss_fn, evaluate, best_metric="loss", best_mode="min",
+                count=lambda b: int(b["mask"].sum()), unit="frame", stage="D-talker")
+
+
+def talker_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model: Talker, final: dict) -> None:
+    run_dir = repo_path(cfg.train.out_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    acc = " ".join(f"{final.get(f'test_acc{k}', float('nan')):.1%}" for k in range(cfg.talker.n_codebooks))
+    line = (f"held-out: teacher-forced code accuracy per codebook {acc} | boundaries "
+            f"{final.get('test_acc_boundary', float('nan')):.1%} | free generation on {cfg.data.eval_source or 'all'} "
+            f"test sentences: {final.get('gen_ended', float('nan')):.0%} ended by themselves, duration "
+            f"{final.get('gen_dur_ratio', float('nan')):.2f}x the original "
+            f"({final.get('gen_dur_ratio_min', float('nan')):.2f}-{final.get('gen_dur_ratio_max', float('nan')):.2f})"
+            f", real-time factor {final.get('gen_rtf', float('nan')):.3f}")
+    if "gen_cer" in final:
+        line += (f" | judge CER: Talker {final['gen_cer']:.2%} (WER {final['gen_wer']:.2%}), eSpeak original "
+                 f"{final['gen_cer_original']:.2%}, the codec's own codes {final['gen_cer_codec']:.2%}")
+    print(line + f" | {final['train_seconds']:.0f}s")
+
+
+# The phases: (model builder, task builder, final report).
+PHASES = {"codec": (codec_model, codec_task, codec_report), "talker": (talker_model, talker_task, talker_report)}
 
 
 def main(cfg: TalkerStageConfig) -> dict:
@@ -180,7 +269,7 @@ def main(cfg: TalkerStageConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, sets)
 
-    # 4. What trains: the whole codec (the RVQ codebooks learn by EMA, not by gradient) ----------------
+    # 4. What trains: the whole codec (its codebooks by EMA), or the Talker (the Thinker stays frozen) ---
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"parameters: {n_train:,} trainable / {n_params:,} total")

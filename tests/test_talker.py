@@ -1,0 +1,207 @@
+"""The Talker: frame tracks from word times, shapes, masked loss, KV-cache generation equal to a full
+forward, end of speech, and (further down) the stage script and omni.say end to end."""
+import json
+import random
+import subprocess
+import sys
+from dataclasses import asdict
+
+import pytest
+import soundfile as sf
+import torch
+
+from omni.codec import Codec, CodecConfig
+from omni.paths import ROOT
+from omni.talker import Talker, TalkerConfig, generate, talker_loss
+from omni.talker_data import TalkerSet, batch_order, collate, frame_track, positions_and_ends
+from omni.tokenizer import train_tokenizer
+from omni.tts import synthesize
+from tests.conftest import assert_resume_exact
+
+K, C, VOCAB, D_THINKER = 3, 16, 40, 24
+
+
+def tiny_talker(seed: int = 0, **kw) -> Talker:
+    torch.manual_seed(seed)
+    cfg = TalkerConfig(d_model=32, n_layer=2, n_head=2, text_layers=1, depth_d_model=32, max_frames=64,
+                       n_codebooks=K, codebook_size=C, **kw)
+    return Talker(cfg, torch.randn(VOCAB, D_THINKER))
+
+
+def toy_set(n: int = 6, seed: int = 0) -> TalkerSet:
+    """n clips of 2-4 words, 1-3 tokens a word, 3-6 frames a word, random codes."""
+    g = torch.Generator().manual_seed(seed)
+    s = TalkerSet([], [], [], [], [], [], [])
+    for _ in range(n):
+        n_words = int(torch.randint(2, 5, (), generator=g))
+        per_tok = torch.randint(1, 4, (n_words,), generator=g)
+        per_frame = torch.randint(3, 7, (n_words,), generator=g)
+        s.tok_word.append(torch.repeat_interleave(torch.arange(n_words), per_tok))
+        s.tokens.append(torch.randint(4, VOCAB, (int(per_tok.sum()),), generator=g))
+        s.tracks.append(torch.repeat_interleave(torch.arange(n_words), per_frame))
+        s.codes.append(torch.randint(0, C, (int(per_frame.sum()), K), generator=g))
+        s.texts.append(" ".join(["w"] * n_words))
+        s.sources.append("world")
+    return s
+
+
+def test_frame_track_from_word_times():
+    # 25 frames a second: words at 0, 0.2 s (frame 5), 0.21 s (rounds to 5: pushed to 6), 0.6 s (frame 15)
+    track = frame_track([0.0, 0.2, 0.21, 0.6], 20)
+    assert track.tolist() == [0] * 5 + [1] + [2] * 9 + [3] * 5
+    pos, ends = positions_and_ends(track)
+    assert pos.tolist() == [0, 1, 2, 3, 4, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4]
+    assert ends.nonzero().flatten().tolist() == [4, 5, 14, 19]  # every word's last frame, and the clip's
+    assert frame_track([0.0, 0.5, 0.9], 3) is None  # more words than frames: cannot be aligned
+
+
+def test_shapes_and_loss_mask_ignores_padding():
+    s, model = toy_set(), tiny_talker()
+    batch = collate(s, [0, 1, 2])
+    logits, boundary = model(batch["tokens"], batch["tok_word"], batch["n_words"], batch["codes"],
+                             batch["frame_word"], batch["frame_pos"])
+    T = batch["codes"].size(1)
+    assert logits.shape == (3, T, K, C) and boundary.shape == (3, T)
+    loss, stats = talker_loss(logits, boundary, batch, model.cfg)
+    assert loss.ndim == 0 and {"acc0", f"acc{K - 1}", "acc_boundary"} <= set(stats)
+    # Garbage in the padded frames must change nothing: not the loss, not the real frames' logits.
+    noisy = {k: v.clone() for k, v in batch.items()}
+    pad = ~batch["mask"]
+    assert pad.any(), "the toy batch should need padding"
+    noisy["codes"][pad] = C - 1
+    noisy["boundary"][pad] = 1.0
+    logits2, boundary2 = model(noisy["tokens"], noisy["tok_word"], noisy["n_words"], noisy["codes"],
+                               noisy["frame_word"], noisy["frame_pos"])
+    loss2, _ = talker_loss(logits2, boundary2, noisy, model.cfg)
+    assert torch.allclose(loss, loss2, atol=1e-6)
+    assert torch.allclose(logits[batch["mask"]], logits2[batch["mask"]], atol=1e-5)
+
+
+def test_gradients_reach_every_trained_part_but_not_the_thinker_table():
+    model = tiny_talker()
+    batch = collate(toy_set(), [0, 1])
+    loss, _ = talker_loss(*model(*(batch[k] for k in ("tokens", "tok_word", "n_words", "codes", "frame_word",
+                                                       "frame_pos"))), batch, model.cfg)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    assert "thinker_table" not in dict(model.named_parameters())
+
+
+def test_cached_generation_equals_a_full_forward():
+    """Generate with the KV cache, then run the teacher-forced forward on what was generated, with the
+    same word tracks: the codebook-0 and boundary logits must agree frame by frame."""
+    model = tiny_talker(seed=1, temperature=1.0, top_k=0)
+    batch = collate(toy_set(), [0, 1, 2])
+    out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([12, 12, 12]),
+                   generator=torch.Generator().manual_seed(0), return_logits=True)
+    logits, boundary = model(batch["tokens"], batch["tok_word"], batch["n_words"], out["codes"],
+                             out["frame_word"], out["frame_pos"])
+    T = out["codes"].size(1)
+    assert T >= 2
+    for r in range(3):
+        n = int(out["lengths"][r])  # after a row stops, its later frames are not part of its speech
+        assert torch.allclose(out["logits"][r, :n], logits[r, :n, 0], atol=1e-4)
+        assert torch.allclose(out["boundary"][r, :n], boundary[r, :n], atol=1e-4)
+
+
+def test_end_of_speech_stops_generation():
+    model = tiny_talker()
+    batch = collate(toy_set(), [0, 1])
+    with torch.no_grad():
+        model.boundary.bias.fill_(50.0)  # "the word ends here" on every frame
+    out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([40, 40]))
+    assert out["ended"].all()
+    assert out["lengths"].tolist() == batch["n_words"].tolist()  # one frame a word, then the end
+    with torch.no_grad():
+        model.boundary.bias.fill_(-50.0)  # never ends: the cap stops it and it counts as "did not end"
+    out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([7, 9]))
+    assert not out["ended"].any() and out["lengths"].tolist() == [7, 9]
+
+
+def test_batches_are_a_pure_function_of_seed_and_epoch():
+    lengths = [int(x) for x in torch.randint(5, 50, (40,), generator=torch.Generator().manual_seed(0))]
+    a, b = batch_order(lengths, 4, 1, 3), batch_order(lengths, 4, 1, 3)
+    assert a == b and a != batch_order(lengths, 4, 1, 4)
+    assert sorted(i for batch in a for i in batch) == sorted(range(40))
+
+
+# ---------------------------------------------------------------- the stage script and omni.say, end to end
+
+WORDS = "a small big red blue green circle square star at the top bottom left right".split()
+
+
+@pytest.fixture(scope="module")
+def stage_d(tmp_path_factory):
+    """A tiny one-voice set (eSpeak, evenly spaced word times), a tiny stage A tokenizer and Thinker
+    table, and a tiny codec checkpoint: the command-line flags that point the Talker phase at them."""
+    root = tmp_path_factory.mktemp("stage_d")
+    rng = random.Random(0)
+    (root / "wav").mkdir()
+    for split, n in (("train", 10), ("val", 3), ("test", 3)):
+        rows = []
+        for i in range(n):
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 5)))
+            wav = synthesize(text)
+            sf.write(root / f"wav/{split}_{i}.wav", wav, 16000)
+            dur = len(wav) / 16000
+            rows.append({"audio": f"wav/{split}_{i}.wav", "text": text, "speaker": "en-us+m1", "duration": dur,
+                         "source": "world", "words": [dur * w / len(text.split()) for w in range(len(text.split()))]})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = train_tokenizer([" ".join(WORDS)] * 20 + ["It is a truth universally acknowledged."] * 20,
+                          root / "tokenizer.model", vocab_size=300)
+    torch.manual_seed(0)
+    thinker_cfg = {"vocab_size": tok.vocab_size, "d_model": 16, "n_layer": 1, "n_head": 2, "n_kv_head": 1}
+    table = torch.randn(tok.vocab_size, 16)
+    torch.save({"stage": "A", "config": {"model": thinker_cfg}, "model": {"tok_emb.weight": table}},
+               root / "thinker.pt")
+    codec_cfg = CodecConfig(channels=16, n_res=1, code_dim=8, n_codebooks=2, codebook_size=8)
+    torch.save({"stage": "D-codec", "config": {"codec": asdict(codec_cfg)}, "model": Codec(codec_cfg).state_dict()},
+               root / "codec.pt")
+    return [f"--data.{s}={root}/{s}.jsonl" for s in ("train", "val", "test")] + [
+        "--phase=talker", f"--talker.codec={root}/codec.pt", f"--talker.thinker={root}/thinker.pt",
+        f"--talker.tokenizer={root}/tokenizer.model"]
+
+
+def test_train_talker_debug_runs_end_to_end_and_say_speaks(tmp_path, stage_d):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "train_talker.py", "--debug", f"--train.out_dir={out}", *stage_d],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "10 clips for the Talker" in r.stdout and "ended by themselves" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"loss", "test_acc0", "test_acc1", "test_acc_boundary", "gen_ended", "gen_dur_ratio"} <= set(metrics)
+    assert 0 <= metrics["gen_ended"] <= 1 and metrics["gen_dur_ratio"] <= 2.0 + 1e-6  # the cap is 2x the original
+    assert (out / "talker_0.wav").is_file() and (out / "talker_spectrograms.png").is_file()
+    state = torch.load(out / "best.pt", weights_only=True)
+    assert state["stage"] == "D-talker" and state["config"]["talker"]["n_codebooks"] == 2
+    assert torch.equal(state["model"]["thinker_table"], torch.load(stage_d_table(stage_d), weights_only=True)
+                       ["model"]["tok_emb.weight"])  # the Thinker's table stayed frozen
+    r = subprocess.run([sys.executable, "-m", "omni.say", str(out / "best.pt"), "a red circle",
+                        "--out", str(tmp_path / "hello.wav")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "real-time factor" in r.stdout and sf.info(str(tmp_path / "hello.wav")).samplerate == 16000
+
+
+def stage_d_table(flags: list[str]) -> str:
+    return next(f.split("=", 1)[1] for f in flags if f.startswith("--talker.thinker="))
+
+
+def test_talker_phase_resume_is_exact(tmp_path, stage_d):
+    assert_resume_exact("train_talker", tmp_path, *stage_d, "--data.judge=")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["   "], "nothing to say"),
+    (["a red circle", "--out", "/nonexistent_folder/x.wav"], "does not exist"),
+])
+def test_say_mistakes_are_one_clear_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "omni.say", str(tmp_path / "missing.pt"), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr
+
+
+def test_say_names_a_checkpoint_of_another_stage(tmp_path, stage_d):
+    r = subprocess.run([sys.executable, "-m", "omni.say", stage_d_table(stage_d), "a red circle"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "stage A" in r.stderr.replace("a stage A", "stage A")
