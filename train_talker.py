@@ -133,7 +133,7 @@ def codec_task(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model:
         return out
 
     return Task(model, get_batch, loss_fn, evaluate, best_metric="val_l1", best_mode="min",
-                count=lambda b: b.shape[0] * b.shape[1], unit="frame")
+                count=lambda b: b.shape[0] * b.shape[1], unit="frame", stage="D-codec")
 
 
 def codec_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model: Codec, final: dict) -> None:
