@@ -185,14 +185,14 @@ def prepare(root, out, vocab_size: int = 8192, val_root=None, val_every: int = 1
         meta[split] = write_tokens(tok, docs, out_dir / f"{split}.bin", threads=threads)
         c = meta[split]
         print(f"{split:>5}: {c['documents']:,} documents, {c['tokens']:,} tokens, "
-              f"{c['bytes'] / max(1, c['tokens']):.2f} bytes per token -> {out_dir / f'{split}.bin'}")
+              f"{c['bytes'] / max(1, c['tokens']):.2f} bytes per token -> {Path(out) / f'{split}.bin'}")
         if c["documents"] == 0:
             raise UserError(f"--root {root}: no {split} documents; " + (
                 "the held-out split needs more documents than --val_every, or a --val_root" if split == "val"
                 else "every document went to the held-out split"))
     meta["skipped_blank_documents"] = skipped[0]
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"{skipped[0]} blank documents skipped; {time.time() - t0:.0f}s; meta -> {out_dir / 'meta.json'}")
+    print(f"{skipped[0]} blank documents skipped; {time.time() - t0:.0f}s; meta -> {Path(out) / 'meta.json'}")
     return meta
 
 
