@@ -145,14 +145,14 @@ def main(cfg: OmniStageConfig) -> dict:
 
     def evaluate(m):
         out, eos = {}, template.im_end
-        for mode in ("typed", "spoken"):
+        for mode in ("typed", "spoken") if data.voices else ("typed",):
             answers = [template.tok.decode(a).strip() for a in reply(m, [it[mode] for it in qa], 8, eos)]
             right = [a == it["a"] for a, it in zip(answers, qa)]
             prefix = "qa" if mode == "typed" else "spoken"
-            for kind in (*QA_KINDS, "count", "yesno"):
+            for kind in sorted({it["kind"] for it in qa}):  # colour, count, position, shape, size, yesno (or other)
                 pick = [r for r, it in zip(right, qa) if it["kind"] == kind]
-                out[f"{prefix}_{kind}"] = sum(pick) / max(1, len(pick))
-            main4 = [r for r, it in zip(right, qa) if it["kind"] in QA_KINDS]
+                out[f"{prefix}_{kind}"] = sum(pick) / len(pick)
+            main4 = [r for r, it in zip(right, qa) if it["kind"] in QA_KINDS] or right
             out[prefix] = sum(main4) / max(1, len(main4))
             for it, a, r in list(zip(qa, answers, right))[: cfg.data.samples]:
                 verdict = "right" if r else f"wrong, expected {it['a']!r}"
@@ -187,10 +187,11 @@ def main(cfg: OmniStageConfig) -> dict:
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     if "qa" in final:
         plot_answers(data.records["test"], qa, repo_path(cfg.data.shapes) / "test.jsonl", run_dir / "answers.png")
-        print(f"held-out: typed {final['qa']:.1%} / spoken (unseen voices) {final['spoken']:.1%} over colour, shape, "
-              f"size, position (count {final['qa_count']:.1%}, yes/no {final['qa_yesno']:.1%}) | transcription CER "
-              f"{final['asr_cer']:.2%} (stage B {ref_cer:.2%}) | bits per byte {final['bpb']:.4f} (stage A "
-              f"{ref_bpb:.4f}) | {phase1_seconds + final['train_seconds']:.0f}s")
+        spoken = f" / spoken (unseen voices) {final['spoken']:.1%}" if "spoken" in final else ""
+        kinds = ", ".join(f"{k} {final[f'qa_{k}']:.1%}" for k in ("count", "yesno") if f"qa_{k}" in final)
+        print(f"held-out: typed {final['qa']:.1%}{spoken} over colour, shape, size, position ({kinds}) | "
+              f"transcription CER {final['asr_cer']:.2%} (stage B {ref_cer:.2%}) | bits per byte {final['bpb']:.4f} "
+              f"(stage A {ref_bpb:.4f}) | {phase1_seconds + final['train_seconds']:.0f}s")
     return final
 
 

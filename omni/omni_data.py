@@ -53,7 +53,7 @@ class OmniDataConfig:
     speech: str = "data/speech_tiny"  # stage B's speech set: transcription turns and test clips
     corpus: str = "data/austen"  # stage A's corpus: text turns and the held-out chapters (bits per byte)
     shares: dict[str, float] = field(default_factory=lambda: {
-        "image_qa": 0.4, "caption": 0.1, "spoken_qa": 0.2, "asr": 0.15, "text": 0.15})  # micro-batches per kind
+        "image_qa": 0.45, "caption": 0.1, "spoken_qa": 0.25, "asr": 0.1, "text": 0.1})  # micro-batches per kind
     asr_clips: int = 3000  # training clips of the speech set used for transcription turns (0 = all)
     text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
     eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
@@ -69,7 +69,8 @@ class OmniDataConfig:
 
 
 def question_kind(q: str) -> str:
-    return next(kind for start, kind in QUESTION_KINDS.items() if q.startswith(start))
+    """The kind of a shapes-world question by its first words; "other" for free-form questions (LLaVA)."""
+    return next((kind for start, kind in QUESTION_KINDS.items() if q.startswith(start)), "other")
 
 
 # ----------------------------------------------------------------------------- the build command
@@ -133,14 +134,13 @@ class OmniData:
                        for s, (_, im) in pics.items()}  # (N, 9, d_vision)
         self.qa = [(k, qa["q"], qa["a"]) for k, r in enumerate(self.records["train"]) for qa in r["questions"]]
         spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end)
-                  for s in ("train", "test")}
-        self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features
+                  for s in ("train", "test")} if cfg.shares.get("spoken_qa", 0) > 0 else {}
+        self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features; {} = no spoken turns
         for s, (texts, feats) in spoken.items():
             for text, f in zip(texts, feats):
                 self.voices[s].setdefault(text, []).append(f)
-        self.asr = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end) for s in ("train", "test")}
-        n = cfg.asr_clips or len(self.asr["train"][0])
-        self.asr["train"] = (self.asr["train"][0][:n], self.asr["train"][1][:n])
+        self.asr = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
+                    for s, n in (("train", cfg.asr_clips), ("test", cfg.eval_clips))}
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
@@ -148,19 +148,21 @@ class OmniData:
         self.p = torch.tensor([cfg.shares[k] for k in self.kinds])
         self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
 
-    def _clips(self, model, manifest: Path, front_end: FrontEndConfig) -> tuple[list[str], list[torch.Tensor]]:
-        """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's clips that fit the Thinker."""
+    def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0):
+        """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's first `limit` clips
+        (0 = all) that fit the Thinker."""
         s = load_speech_set(manifest, front_end)
-        order = sorted(range(len(s)), key=lambda k: s.lengths[k])  # similar lengths: little padding
-        feats: list[torch.Tensor] = [torch.empty(0)] * len(s)
+        n = min(limit or len(s), len(s))
+        order = sorted(range(n), key=lambda k: s.lengths[k])  # similar lengths: little padding
+        feats: list[torch.Tensor] = [torch.empty(0)] * n
         for j in range(0, len(order), 64):
             ids = order[j: j + 64]
             for k, f in zip(ids, model.encode_audio(*pad_batch([s.features(k) for k in ids]))):
                 feats[k] = f.half()  # half the memory; the projector reads them as float
         room = self.max_len - 48  # the template and a reply need about 48 tokens
-        keep = [k for k in range(len(s)) if len(feats[k]) <= room]
-        if len(keep) < len(s):
-            print(f"{manifest}: skipped {len(s) - len(keep)} clips too long for the Thinker ({room} audio frames)")
+        keep = [k for k in range(n) if len(feats[k]) <= room]
+        if len(keep) < n:
+            print(f"{manifest}: skipped {n - len(keep)} clips too long for the Thinker ({room} audio frames)")
         return [s.texts[k] for k in keep], [feats[k] for k in keep]
 
     # -- turns: (ids, loss mask, image features or None, audio features or None)
@@ -209,23 +211,25 @@ class OmniData:
         random.Random(0).shuffle(items)
         out = []
         for k, q, a in items[: self.cfg.eval_questions or len(items)]:
+            img = self.images["test"][k]
+            typed = self.t.encode([("user", [(IMAGE, len(img)), q])], add_generation_prompt=True)[0]
+            out.append({"picture": k, "q": q, "a": a, "kind": question_kind(q), "typed": (typed, img, None)})
+            if not self.voices:
+                continue
             clips = self.voices["test"].get(normalize(q))
             if clips is None:
                 raise UserError(f"{self.cfg.spoken}: no spoken clip of the test question {q!r}; rebuild it "
                                 f"(python -m omni.omni_data --out {self.cfg.spoken} --shapes {self.cfg.shapes})")
-            img, aud = self.images["test"][k], clips[(k + len(out)) % len(clips)].float()
-            typed = self.t.encode([("user", [(IMAGE, len(img)), q])], add_generation_prompt=True)[0]
+            aud = clips[(k + len(out)) % len(clips)].float()
             said = self.t.encode([("user", [(IMAGE, len(img)), (AUDIO, len(aud))])], add_generation_prompt=True)[0]
-            out.append({"picture": k, "q": q, "a": a, "kind": question_kind(q), "typed": (typed, img, None),
-                        "spoken": (said, img, aud)})
+            out[-1]["spoken"] = (said, img, aud)
         return out
 
     def asr_eval(self) -> tuple[list[str], list[tuple]]:
         texts, feats = self.asr["test"]
-        n = min(len(texts), self.cfg.eval_clips or len(texts))
         prompts = [(self.t.encode([("user", [(AUDIO, len(f)), ASR_PROMPT])], add_generation_prompt=True)[0], None,
-                    f.float()) for f in feats[:n]]
-        return texts[:n], prompts
+                    f.float()) for f in feats]
+        return texts, prompts
 
     def text_eval(self, seq_len: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         return eval_windows(self.val_ids, seq_len, tokens)

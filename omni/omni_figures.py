@@ -61,12 +61,42 @@ def plot_answers(records: list[dict], items: list[dict], manifest: Path, out: Pa
         with Image.open(manifest.parent / records[it["picture"]]["image"]) as im:
             ax.imshow(im.convert("RGB"))
         lines = [it["q"]]
-        for mode in ("typed", "spoken"):
+        modes = [m for m in ("typed", "spoken") if f"{m}_right" in it]
+        for mode in modes:
             ok = it[f"{mode}_right"]
             lines.append(f"{mode}: {it[f'{mode}_answer']}" + ("" if ok else f" (not {it['a']})"))
         ax.set_title("\n".join(lines), fontsize=8,
-                     color="green" if it["typed_right"] and it["spoken_right"] else "red")
+                     color="green" if all(it[f"{m}_right"] for m in modes) else "red")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Draw one training row of stage E (picture + spoken question -> answer) for the book."""
+    import argparse
+
+    from omni.chat_template import AUDIO, IMAGE, ChatTemplate
+    from omni.paths import repo_path
+    from omni.tokenizer import Tokenizer
+
+    p = argparse.ArgumentParser(description="Draw one chat row of stage E, position by position.")
+    p.add_argument("--tokenizer", default="runs/thinker_tiny/tokenizer.model", help="stage A's tokenizer")
+    p.add_argument("--out", default="chapters/figures/omni_template.png", help="the PNG to write")
+    a = p.parse_args(argv)
+    t = ChatTemplate(Tokenizer(repo_path(a.tokenizer)))
+    turns = [("user", [(IMAGE, 9), (AUDIO, 14)]), ("assistant", ["purple"]),
+             ("user", [(IMAGE, 9), "where is the green circle?"]), ("assistant", ["top left"])]
+    ids, mask = t.encode(turns)
+    names = {t.image_id: "img", t.audio_id: "aud"}
+    pieces = [names.get(i) or t.tok.sp.id_to_piece(i).replace("\n", "\\n").replace("\u2581", " ") for i in ids]
+    title = ("two turns: a picture with a spoken question (14 audio frames, 0.56 s), then a picture with a typed "
+             "one; the loss counts the framed tokens")
+    return plot_row(pieces, t.kinds(ids), mask, repo_path(a.out), title)
+
+
+if __name__ == "__main__":
+    from omni.config import cli
+
+    print(cli(main))

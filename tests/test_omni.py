@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     return [f"--init.thinker={d / 'stage_A.pt'}", f"--init.tokenizer={d / 'tokenizer.model'}",
             f"--init.audio={d / 'stage_B.pt'}", f"--init.vision={d / 'stage_C.pt'}",
             f"--data.shapes={d / 'shapes'}", f"--data.spoken={d / 'spoken'}", f"--data.speech={speech['train'].parent}",
-            f"--data.corpus={d / 'corpus'}"], tok, d
+            f"--data.corpus={d / 'corpus'}", "--data.eval_questions=0"], tok, d
 
 
 def test_splice_puts_features_exactly_at_the_placeholders(world):
@@ -105,6 +105,14 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
                 assert torch.equal(state["model"][k], v), k
     projectors = [k for k in p1["model"] if k.startswith("projectors.")]
     assert any(not torch.equal(p1["model"][k], p2["model"][k]) for k in projectors)
+    # the chat command answers from the stage E checkpoint, about a test picture and a spoken question
+    picture = d / "shapes" / "test" / "000000.png"
+    clip = next((d / "spoken" / "wav").glob("*.wav"))
+    r = subprocess.run([sys.executable, "-m", "omni.chat", "--checkpoint", str(tmp_path / "best.pt"), "--image",
+                        str(picture), "--audio", str(clip), "--out", str(tmp_path / "answer.wav")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "question heard as:" in r.stdout and "answer: " in r.stdout and "time to first word" in r.stdout
 
 
 def test_resume_is_exact(tmp_path, world):

@@ -1,0 +1,132 @@
+"""Talk to the omni model: show it a picture, ask by voice or by text, read (and later hear) the answer.
+
+    python -m omni.chat --image data/shapes_tiny/test/000003.png --text "what colour is the star?"
+    python -m omni.chat --image data/shapes_tiny/test/000003.png --audio question.wav
+    python -m omni.chat --audio data/speech_tiny/wav/test_000000.wav --text "what did they say?"
+    python -m omni.chat                                   # a text chat in the terminal; an empty line ends it
+
+The answer is written as it is generated (greedy, token by token with the KV cache). The command
+prints the time to the first word (from reading the inputs to the first token of the answer) and
+the whole answer's time. With a wav question it also prints what the Thinker hears in it (its own
+transcript, asked as a second turn).
+
+Spoken answers need stage D's Talker (--talker): `speak_answer` is the hook where its speech
+joins; until a Talker checkpoint exists the command says so and answers in text only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from omni.audio import load_audio, log_mel
+from omni.chat_template import AUDIO, IMAGE
+from omni.config import UserError
+from omni.omni_data import ASR_PROMPT
+from omni.omni_model import load_omni
+from omni.paths import repo_path
+from omni.vision import load_image
+
+
+@torch.no_grad()
+def stream(model, ids: list[int], image, audio, max_new: int, eos_id: int):
+    """Yield the answer's token ids one at a time (greedy). image (N, d_vision) / audio (T, d_audio) or None."""
+    dims = (model.vision.cfg.width, model.audio.cfg.d_model)
+    img = image if image is not None else torch.zeros(0, dims[0])
+    aud = audio if audio is not None else torch.zeros(0, dims[1])
+    x = torch.tensor([ids])
+    cache = model.thinker.make_cache(1)
+    logits, _ = model.thinker(embeds=model.embed(x, img, aud), kv_cache=cache, start_pos=0)
+    for pos in range(len(ids), min(len(ids) + max_new, model.thinker.cfg.max_seq_len)):
+        nxt = logits[0, -1].argmax().view(1, 1)
+        if nxt.item() == eos_id:
+            return
+        yield nxt.item()
+        logits, _ = model.thinker(nxt, kv_cache=cache, start_pos=pos)
+
+
+def answer(model, template, parts: list, image, audio, max_new: int, show: bool = True) -> tuple[str, float]:
+    """The reply to one user turn, printed as it comes; returns (text, seconds to the first token)."""
+    ids, _ = template.encode([("user", parts)], add_generation_prompt=True)
+    t0, first, out, text = time.time(), None, [], ""
+    for token in stream(model, ids, image, audio, max_new, template.im_end):
+        first = first if first is not None else time.time() - t0
+        out.append(token)
+        new = template.tok.decode(out)
+        if show:
+            print(new[len(text):], end="", flush=True)
+        text = new
+    if show:
+        print()
+    return text.strip(), first if first is not None else time.time() - t0
+
+
+def speak_answer(text: str, talker: str, out: Path) -> Path | None:
+    """The spoken answer (stage D). The hook for the Talker: returns the wav written, or None when no
+    Talker checkpoint exists yet."""
+    if not repo_path(talker).is_file():
+        print(f"spoken answer: none ({talker} not found; the Talker of stage D speaks the answers once trained)")
+        return None
+    raise UserError(f"--talker {talker}: the omni command does not drive the Talker yet (stage D's API is "
+                    "still settling); use python -m omni.say on the answer text")
+
+
+def run(model, template, front_end, args) -> str:
+    t0 = time.time()
+    parts, image, audio = [], None, None
+    if args.image:
+        image = model.encode_images(load_image(repo_path(args.image), model.vision.cfg.image_size)[None])[0]
+        parts.append((IMAGE, len(image)))
+    if args.audio:
+        path = repo_path(args.audio)
+        if not path.is_file():
+            raise UserError(f"--audio {args.audio}: file not found")
+        try:
+            wav = load_audio(path, front_end.sample_rate)
+        except Exception as e:  # libsndfile names the problem; the user gets one line
+            raise UserError(f"--audio {args.audio}: not a readable sound file ({type(e).__name__})") from None
+        mel = log_mel(wav, front_end)
+        audio = model.encode_audio(mel[None], torch.tensor([len(mel)]))[0]
+        parts.append((AUDIO, len(audio)))
+        heard, _ = answer(model, template, [(AUDIO, len(audio)), ASR_PROMPT], None, audio, 48, show=False)
+        print(f"question heard as: {heard}")
+    if args.text:
+        parts.append(args.text)
+    prep = time.time() - t0
+    print("answer: ", end="", flush=True)
+    text, first = answer(model, template, parts, image, audio, args.tokens)
+    print(f"time to first word {prep + first:.3f}s (inputs {prep:.3f}s) | answer in {time.time() - t0:.3f}s")
+    speak_answer(text, args.talker, repo_path(args.out))
+    return text
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="runs/omni_tiny/best.pt", help="a stage E checkpoint")
+    p.add_argument("--image", help="a picture (any format Pillow reads)")
+    p.add_argument("--audio", help="a spoken question, a .wav file")
+    p.add_argument("--text", help="a typed question or instruction")
+    p.add_argument("--tokens", type=int, default=48, help="longest answer, in tokens")
+    p.add_argument("--talker", default="runs/talker_tiny/best.pt", help="stage D's Talker, for the spoken answer")
+    p.add_argument("--out", default="runs/omni_tiny/answer.wav", help="where the spoken answer goes")
+    args = p.parse_args(argv)
+    model, template, front_end, _ = load_omni(args.checkpoint)
+    if args.image or args.audio or args.text:
+        return run(model, template, front_end, args)
+    print("text chat with the omni model; an empty line ends it")
+    text = ""
+    for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you: "), ""):
+        if not line.strip():
+            break
+        args.text = line.strip()
+        text = run(model, template, front_end, args)
+    return text
+
+
+if __name__ == "__main__":
+    from omni.config import cli
+
+    cli(main)
