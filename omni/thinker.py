@@ -44,6 +44,7 @@ class ThinkerConfig:
     norm: str = "rmsnorm"  # 'rmsnorm' (Qwen/LLaMA) or 'layernorm' (GPT-2)
     pos: str = "rope"  # 'rope' (rotary, Qwen/LLaMA) or 'learned' (absolute position table, GPT-2)
     mlp: str = "swiglu"  # 'swiglu' (Qwen/LLaMA) or 'gelu' (GPT-2)
+    loss_chunk: int = 0  # tokens per chunk of the fused output layer + loss (0 = off: full logits; see below)
 
     def __post_init__(self):
         def need(ok, key, msg):
@@ -52,6 +53,7 @@ class ThinkerConfig:
 
         for key in ("vocab_size", "d_model", "n_layer", "n_head", "n_kv_head", "max_seq_len"):
             need(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        need(self.loss_chunk >= 0, "loss_chunk", f"must be >= 0 (0 = off), got {self.loss_chunk}")
         need(self.ffn_hidden >= 0, "ffn_hidden", f"must be >= 0 (0 = auto), got {self.ffn_hidden}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         need(self.d_model % self.n_head == 0, "n_head",
@@ -91,9 +93,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):  # (..., dim)
-        xf = x.float()  # the mean of squares in float32, also under bf16 autocast
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        # One fused kernel (F.rms_norm) instead of five elementwise passes; in float32, also under
+        # bf16 autocast, so the mean of squares keeps its precision.
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
 
 
 def make_norm(cfg: ThinkerConfig) -> nn.Module:
@@ -147,16 +149,14 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx, self.dropout = layer_idx, cfg.dropout  # layer_idx: which cache slot is ours
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        # q, k and v projections as one matrix: one larger matmul is faster than three small ones.
+        self.qkv_proj = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x, rope=None, kv_cache=None, start_pos=0):  # x: (B, T, d_model)
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, n_kv_head, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        qkv = self.qkv_proj(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.split([self.n_head, self.n_kv_head, self.n_kv_head], dim=1)  # (B, n_head or n_kv_head, T, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if kv_cache is not None:
@@ -181,12 +181,12 @@ class SwiGLU(nn.Module):
 
     def __init__(self, cfg: ThinkerConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.ffn_width, bias=False)
-        self.up_proj = nn.Linear(cfg.d_model, cfg.ffn_width, bias=False)
+        self.gate_up_proj = nn.Linear(cfg.d_model, 2 * cfg.ffn_width, bias=False)  # gate and up as one matmul
         self.down_proj = nn.Linear(cfg.ffn_width, cfg.d_model, bias=False)
 
     def forward(self, x):  # (B, T, d_model)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # 2 x (B, T, ffn_width)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class GeluMLP(nn.Module):
@@ -215,6 +215,51 @@ class Block(nn.Module):
     def forward(self, x, rope=None, kv_cache=None, start_pos=0):  # (B, T, d_model)
         x = x + self.drop(self.attn(self.norm1(x), rope, kv_cache, start_pos))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of logits = h @ weight.T, one chunk of tokens at a time.
+
+    The plain way builds all N x vocab logits (16 x 128 x 2048 floats = 16 MB at the tiny shape), then
+    log_softmax, then a backward pass over all of them again: three trips through memory that do not
+    fit in cache. Here each chunk's logits live only inside the loop, and since the loss is the last
+    op, its gradient (softmax - one-hot) is known at once: the forward computes the gradients of h and
+    weight too and backward only scales them (the idea of fused linear cross-entropy kernels).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk):  # h (N, d), weight (V, d), targets (N,), -100 = no loss
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_h, grad_w = torch.zeros_like(h), torch.zeros_like(weight)
+        loss = torch.zeros((), device=h.device)
+        for s in range(0, h.size(0), chunk):
+            hc, y = h[s:s + chunk], targets[s:s + chunk]
+            keep = (y != -100).float()  # (n,)
+            y = y.clamp(min=0)
+            logits = (hc @ weight.T).float()  # (n, V)
+            picked = logits.gather(1, y[:, None])[:, 0]  # (n,) the target's logit
+            top = logits.amax(-1, keepdim=True)  # (n, 1), subtracted so exp cannot overflow
+            p = logits.sub_(top).exp_()  # (n, V) unnormalised softmax, in place of the logits
+            z = p.sum(-1, keepdim=True)  # (n, 1)
+            loss += ((top[:, 0] + z[:, 0].log() - picked) * keep).sum()  # logsumexp - target logit
+            if need_grad:
+                p.mul_(keep[:, None] / z)  # softmax of the counted rows, 0 elsewhere
+                p[torch.arange(len(y)), y] -= keep  # d loss / d logits = softmax - one-hot
+                p = p.to(h.dtype)
+                grad_h[s:s + chunk] = p @ weight
+                grad_w.addmm_(p.T, hc)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def chunked_cross_entropy(h, weight, targets, chunk: int):
+    """sum over tokens of cross_entropy(h @ weight.T, targets), without the full logits tensor."""
+    return ChunkedCrossEntropy.apply(h, weight, targets, chunk)
 
 
 # ---------------------------------------------------------------- the model
@@ -258,11 +303,10 @@ class Thinker(nn.Module):
         w = self.tok_emb.weight
         return KVCache(self.cfg, batch_size, device=w.device, dtype=w.dtype)
 
-    def forward(self, idx=None, targets=None, *, embeds=None, kv_cache=None, start_pos=0, loss_mask=None):
-        """idx (B, T) token ids, or embeds (B, T, d_model) in their place. targets (B, T) are already
-        shifted (targets[:, t] is the token after position t); -100 or loss_mask == 0 means "no loss here".
-        With kv_cache, the T positions are start_pos .. start_pos + T - 1 and are appended to the cache.
-        Returns (logits (B, T, vocab_size), loss or None)."""
+    def hidden(self, idx=None, *, embeds=None, kv_cache=None, start_pos=0):
+        """The final normed hidden states (B, T, d_model): what the output layer reads, and what the
+        Talker may condition on. idx (B, T) token ids, or embeds (B, T, d_model) in their place.
+        With kv_cache, the T positions are start_pos .. start_pos + T - 1 and are appended to the cache."""
         if (idx is None) == (embeds is None):
             raise ValueError("Thinker.forward: pass exactly one of idx (B, T) or embeds (B, T, d_model)")
         x = self.embed_tokens(idx) if embeds is None else embeds  # (B, T, d_model)
@@ -279,16 +323,25 @@ class Thinker(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, kv_cache, start_pos)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            if loss_mask is not None:
-                targets = targets.masked_fill(loss_mask == 0, -100)
-            # Mean over the counted tokens; a batch with none counted gives 0 rather than NaN.
-            n = (targets != -100).sum().clamp(min=1)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=-100, reduction="sum") / n
-        return logits, loss
+        return self.norm_f(x)  # (B, T, d_model)
+
+    def forward(self, idx=None, targets=None, *, embeds=None, kv_cache=None, start_pos=0, loss_mask=None):
+        """idx (B, T) token ids, or embeds (B, T, d_model) in their place (see `hidden`). targets (B, T)
+        are already shifted (targets[:, t] is the token after position t); -100 or loss_mask == 0 means
+        "no loss here". Returns (logits (B, T, vocab_size), loss or None); with targets and
+        cfg.loss_chunk > 0 the logits are never built and None is returned in their place."""
+        h = self.hidden(idx, embeds=embeds, kv_cache=kv_cache, start_pos=start_pos)  # (B, T, d_model)
+        if targets is None:
+            return self.lm_head(h), None
+        if loss_mask is not None:
+            targets = targets.masked_fill(loss_mask == 0, -100)
+        n = (targets != -100).sum().clamp(min=1)  # mean over the counted tokens; none counted gives 0, not NaN
+        if self.cfg.loss_chunk:
+            loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.cfg.loss_chunk)
+            return None, loss / n
+        logits = self.lm_head(h)  # (B, T, vocab_size)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+        return logits, loss / n
 
 
 # ---------------------------------------------------------------- generation

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -56,7 +57,7 @@ class TrainConfig:
     overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in out_dir
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "auto"  # autocast precision: auto, fp32, bf16 or fp16
-    threads: int = 0  # CPU threads for torch (0 = torch's default)
+    threads: int = 0  # CPU threads for torch (0 = every core this process may use, or OMP_NUM_THREADS if set)
 
     def __post_init__(self):
         for k in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every"):
@@ -84,6 +85,17 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def cpu_threads(threads: int = 0) -> int:
+    """Torch threads for a run: `threads` if given; else OMP_NUM_THREADS when the user (or a test) set
+    it; else every core this process may run on (os.sched_getaffinity honours taskset and containers,
+    where os.cpu_count() would count the whole machine)."""
+    if threads:
+        return threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> torch.optim.AdamW:
@@ -126,8 +138,7 @@ def _fmt_eta(seconds: float) -> str:
 def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     """Train `task.model` for cfg.max_steps; return the final held-out metrics (plus timing)."""
     rt = setup_runtime(cfg.device, cfg.dtype)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cpu_threads(cfg.threads))
     run_dir = repo_path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = task.model.to(rt.device)

@@ -36,8 +36,10 @@ def assert_resume_exact(module_name: str, tmp_path, *args: str) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _small_threads():
-    """Tests run on 2 cores next to other work: one thread each keeps them predictable."""
+def _small_threads(monkeypatch):
+    """Tests run on 2 cores next to other work: one thread each keeps them predictable (the
+    OMP_NUM_THREADS setting is what train.threads=0 follows inside a stage's main)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

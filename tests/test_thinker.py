@@ -160,3 +160,29 @@ def test_save_load_identical_logits(kw, tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))
     assert torch.equal(fresh(idx)[0], model(idx)[0])
     assert not any("rotary" in k for k in model.state_dict())  # RoPE tables are rebuilt, not saved
+
+
+def test_hidden_is_what_the_head_reads():
+    model = make(**QWEN)
+    idx = tokens(2, 9)
+    h = model.hidden(idx)
+    assert h.shape == (2, 9, 32)
+    assert torch.equal(model.lm_head(h), model(idx)[0])
+    assert torch.equal(model.hidden(embeds=model.embed_tokens(idx)), h)
+
+
+@pytest.mark.parametrize("chunk", [5, 64])  # 5 does not divide the 18 tokens: a short last chunk
+def test_chunked_loss_matches_full_logits(chunk):
+    """loss_chunk > 0 must give the same loss and the same gradients as the plain path, masks included."""
+    plain, chunked = make(**QWEN).train(), make(**dict(QWEN, loss_chunk=chunk)).train()
+    idx, tgt = tokens(2, 9), tokens(2, 9, seed=2)
+    tgt[0, :3] = -100
+    logits, loss_a = plain(idx, targets=tgt)
+    none, loss_b = chunked(idx, targets=tgt)
+    assert none is None and torch.allclose(loss_a, loss_b, atol=1e-5)
+    (2 * loss_a).backward()  # a non-unit upstream gradient must be passed through
+    (2 * loss_b).backward()
+    for (name, pa), pb in zip(plain.named_parameters(), chunked.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), name
+    with torch.no_grad():  # without gradients it only scores
+        assert torch.allclose(chunked(idx, targets=tgt)[1], loss_a, atol=1e-5)

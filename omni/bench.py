@@ -1,0 +1,341 @@
+"""How fast each stage's model trains on this machine, measured against the machine's own limit.
+
+    python -m omni.bench                          # every stage at its tiny config, all cores
+    python -m omni.bench --threads 1 --stages A   # stage A only (Thinker and GPT-2 rows), one thread
+    python -m omni.bench --gpu-configs            # on a GPU: the *_gpu / small configs, bf16 autocast
+    python -m omni.bench --toy                    # toy sizes, seconds: checks the set-up
+
+Per row: one training step (forward, backward, AdamW step) on one batch at the config's shapes, timed
+after warm-up; the median of several repeats. From it: units per second (tokens, seconds of audio,
+pictures), the model FLOPs of the step (forward + backward, counted by torch.utils.flop_counter, causal
+attention counted in full as usual), the achieved GFLOP/s, and that as a share of this machine's matmul
+peak, which the command measures first: a large fp32 matmul on the same threads (bf16 on a GPU). This
+share is model FLOPs utilisation (MFU, PaLM, Chowdhery et al. 2022, arXiv:2204.02311). Peak memory is the
+growth of the process's resident memory over the row (CPU) or the largest allocation (GPU). "data %" is
+the stage's get_batch time as a share of the step, when the stage's data is on disk (else "-": synthetic
+batches of the same shapes are used, so the command runs on a fresh clone).
+
+A row is a builder (a function returning a `Case`) plus one line in ROWS. Chapter: chapters/01_setup.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import flop_counter as fc
+
+from omni import config
+from omni.audio import FrontEndConfig, augment, load_speech_set, pad_batch
+from omni.audio_encoder import AudioCTC, AudioEncoderConfig, CharVocab
+from omni.clip import CLIP, ClipConfig, TextConfig, clip_loss
+from omni.device import pick_device, pick_dtype, to_device
+from omni.paths import repo_path
+from omni.text_data import random_windows
+from omni.thinker import Thinker, ThinkerConfig
+from omni.trainer import cpu_threads
+from omni.vision import VisionConfig
+
+GPT2_SWITCHES = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}
+
+
+@dataclass
+class Case:
+    """One row: a model, one batch of CPU tensors at the config's shapes, and the stage's loss."""
+    model: nn.Module
+    batch: tuple  # the batch every timed step trains on
+    loss: Callable[[nn.Module, tuple], torch.Tensor]  # (model, batch on the device) -> scalar loss
+    units: float  # units in the batch (tokens, seconds of audio, pictures)
+    unit: str  # their name in the table
+    get_batch: Callable[[int], tuple] | None = None  # the stage's data path, None when the data is absent
+
+
+def _json(path: str, section: str) -> dict:
+    return config.read_json(path, "config file").get(section, {})
+
+
+# ---------------------------------------------------------------- rows, one builder per model
+
+
+def thinker_case(path: str, toy: bool, **switches) -> Case:
+    """Stage A: next-token loss on B x seq_len windows of token ids."""
+    m = {**_json(path, "model"), **switches}
+    B, T = _json(path, "train").get("batch_size", 16), _json(path, "data").get("seq_len", 256)
+    if toy:
+        m, B, T = {**m, "vocab_size": 256, "d_model": 32, "n_layer": 1, "n_head": 2, "max_seq_len": 32}, 2, 32
+        m["n_kv_head"] = 2 if switches else 1
+    cfg = config.from_dict(ThinkerConfig, m, path)
+    g = torch.Generator().manual_seed(0)
+    stream = torch.randint(0, cfg.vocab_size, (1_000_000,), generator=g)  # as long as the Austen corpus
+
+    def get_batch(i):  # train_text.py's get_batch: B random windows; the ids themselves cost nothing extra
+        return random_windows(stream, B, T, 1337, i)
+
+    return Case(Thinker(cfg), get_batch(0), lambda model, b: model(*b)[1], B * T, "tok", get_batch)
+
+
+def audio_case(path: str, toy: bool) -> Case:
+    """Stage B: CTC on B clips of log-mel frames (the real clips when data/speech_tiny exists)."""
+    cfg = config.from_dict(AudioEncoderConfig, _json(path, "model"), path)
+    data, B = _json(path, "data"), _json(path, "train").get("batch_size", 8)
+    if toy:
+        cfg, B = AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), 2
+    vocab = CharVocab()
+    manifest = repo_path(data.get("train", "data/speech_tiny/train.jsonl"))
+    if manifest.is_file() and not toy:
+        clips = load_speech_set(manifest, FrontEndConfig(), vocab.is_valid)
+
+        def get_batch(i):  # train_audio_enc.py's get_batch: augment B cached clips, pad, targets
+            g = torch.Generator().manual_seed(i)
+            ids = torch.randint(0, len(clips), (B,), generator=g).tolist()
+            feats = [augment(clips.features(k), g, data.get("speed", 0.1), data.get("warp", 0.1),
+                             data.get("freq_masks", 2), 10, data.get("time_masks", 2), 20) for k in ids]
+            ys = [torch.tensor(vocab.encode(clips.texts[k])) for k in ids]
+            return (*pad_batch(feats), torch.cat(ys), torch.tensor([len(y) for y in ys]))
+        batch, fetch = get_batch(0), get_batch
+    else:  # 1.8-second clips (180 frames) of 27 characters, the tiny set's average clip
+        T, n_chars = (40, 5) if toy else (180, 27)
+        g = torch.Generator().manual_seed(0)
+        batch = (torch.randn(B, T, cfg.n_mels, generator=g), torch.full((B,), T),
+                 torch.randint(1, len(vocab), (B * n_chars,), generator=g), torch.full((B,), n_chars))
+        fetch = None
+
+    def loss(model, b):
+        x, lengths, ys, y_lengths = b
+        log_probs, out_lengths = model(x, lengths)
+        return F.ctc_loss(log_probs.transpose(0, 1), ys, out_lengths, y_lengths, zero_infinity=True)
+
+    return Case(AudioCTC(cfg), batch, loss, float(batch[1].sum()) / 100, "s audio", fetch)
+
+
+def vision_case(path: str, toy: bool) -> Case:
+    """Stage C: the CLIP loss on B pictures and B captions (synthetic: the step does not depend on
+    what the pixels show; stage C's get_batch only indexes tensors already in memory)."""
+    v = config.from_dict(VisionConfig, _json(path, "vision"), path)
+    t = config.from_dict(TextConfig, _json(path, "text"), path)
+    c = config.from_dict(ClipConfig, _json(path, "clip"), path)
+    B = _json(path, "train").get("batch_size", 128)
+    if toy:
+        v, t, c, B = VisionConfig(d_model=32, n_layer=1, n_head=2), TextConfig(d_model=32, n_layer=1, n_head=2), \
+            ClipConfig(embed_dim=32), 4
+    vocab, L = 2048, min(16, t.max_len)  # tiny captions are ~12 tokens ("a small red circle above ...")
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randint(0, 256, (B, 3, v.image_size, v.image_size), dtype=torch.uint8, generator=g),
+             torch.randint(0, vocab, (B, L), generator=g), torch.full((B,), L), torch.arange(B))
+
+    def loss(model, b):
+        images, ids, lengths, caption_id = b
+        return clip_loss(*model(images.float() / 255, ids, lengths), caption_id)
+
+    return Case(CLIP(v, t, c, vocab), batch, loss, B, "img")
+
+
+# name -> (stage, builder(gpu, toy)); a later stage adds its rows here.
+ROWS: dict[str, tuple[str, Callable[[bool, bool], Case]]] = {
+    "A thinker": ("A", lambda gpu, toy: thinker_case(
+        "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy)),
+    "A gpt2": ("A", lambda gpu, toy: thinker_case("configs/thinker_small.json", toy, n_kv_head=8, **GPT2_SWITCHES)
+               if gpu else thinker_case("configs/gpt2_tiny.json", toy, **GPT2_SWITCHES)),
+    "B audio": ("B", lambda gpu, toy: audio_case(
+        "configs/audio_enc_librispeech_gpu.json" if gpu else "configs/audio_enc_tiny.json", toy)),
+    "C vision": ("C", lambda gpu, toy: vision_case(
+        "configs/vision_coco_gpu.json" if gpu else "configs/vision_tiny.json", toy)),
+}
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs of everything `fn` runs, by torch.utils.flop_counter. Its registry misses CPU attention
+    (a kernel of its own) and in-place addmm_ (the Thinker's chunked loss): both are added here."""
+    def cpu_attention(q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(q, k, v)
+
+    def cpu_attention_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, q, k, v)
+
+    def addmm_inplace(acc, m1, m2, *args, out_shape=None, **kwargs):  # acc += m1 @ m2, m1 (m, k), m2 (k, n)
+        return 2 * m1[0] * m1[1] * m2[1]
+
+    extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
+             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward,
+             torch.ops.aten.addmm_: addmm_inplace}
+    with fc.FlopCounterMode(display=False, custom_mapping=extra) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """GFLOP/s of a large square matmul: the most this machine's threads do on the best-shaped work."""
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak since the last reset) of this process, from /proc (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> None:
+    try:  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def bench_row(name: str, case: Case, device, dtype, warmup: int, repeats: int, peak: float) -> dict:
+    """Time one row's training step; return its figures."""
+    base = _rss_mb("VmRSS")
+    _reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = case.model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    batch = to_device(case.batch, device)
+
+    def forward_backward():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = case.loss(model, batch)
+        loss.backward()
+
+    def step():
+        forward_backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    flops = count_flops(forward_backward)
+    opt.zero_grad(set_to_none=True)
+    step_s = statistics.median(times)
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        mem = _rss_mb("VmHWM") - base
+    data_s = None
+    if case.get_batch is not None:
+        data_times = []
+        for i in range(repeats):
+            t = time.perf_counter()
+            case.get_batch(i + 1)
+            data_times.append(time.perf_counter() - t)
+        data_s = statistics.median(data_times)
+    gflops = flops / step_s / 1e9
+    return {"row": name, "unit": case.unit, "units_per_s": case.units / step_s, "step_ms": step_s * 1000,
+            "gflop_per_step": flops / 1e9, "gflop_per_s": gflops, "share_of_peak": gflops / peak,
+            "peak_mem_mb": mem, "data_share": None if data_s is None else data_s / step_s,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def format_table(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"{m['device']} | {m['threads']} threads | matmul peak {m['peak_gflop_per_s']:.1f} GFLOP/s "
+             f"({m['dtype']}) | load average {m['load_avg']:.2f} before the run",
+             f"{'row':<10} {'units/s':>16} {'step ms':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} "
+             f"{'peak MB':>8} {'data %':>7}"]
+    for r in result["rows"]:
+        data = "-" if r["data_share"] is None else f"{100 * r['data_share']:.1f}"
+        rate = f"{r['units_per_s']:,.0f} {r['unit']}"
+        lines.append(f"{r['row']:<10} {rate:>16} {r['step_ms']:>8.1f} {r['gflop_per_step']:>10.2f} "
+                     f"{r['gflop_per_s']:>8.1f} {100 * r['share_of_peak']:>7.1f} {r['peak_mem_mb']:>8.0f} {data:>7}")
+    return "\n".join(lines)
+
+
+def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy: bool = False,
+              warmup: int = 3, repeats: int = 10) -> dict:
+    """Measure the peak, then every row of the chosen stages (letters, "" = all)."""
+    threads = cpu_threads(threads)
+    torch.set_num_threads(threads)
+    device = pick_device("auto" if gpu_configs else "cpu")
+    dtype = pick_dtype("auto", device)
+    wanted = [name for name, (stage, _) in ROWS.items() if not stages or stage in stages.upper().split(",")]
+    if not wanted:
+        raise config.UserError(f"--stages {stages}: no such stage (choose among "
+                               f"{sorted({s for s, _ in ROWS.values()})})")
+    load = os.getloadavg()[0]
+    peak = matmul_peak(device, dtype)
+    rows = []
+    for name in wanted:
+        torch.manual_seed(0)
+        case = ROWS[name][1](device.type == "cuda", toy)
+        rows.append(bench_row(name, case, device, dtype, warmup, repeats, peak))
+        del case
+    machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
+               "threads": threads, "dtype": str(dtype).removeprefix("torch."), "peak_gflop_per_s": peak,
+               "load_avg": load, "torch": torch.__version__}
+    return {"machine": machine, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m omni.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = every core this process may use, or OMP_NUM_THREADS)")
+    p.add_argument("--stages", default="", help="comma-separated stage letters, e.g. A,C (default: all)")
+    p.add_argument("--json", default="runs/bench.json", help="where to write the figures as JSON")
+    p.add_argument("--gpu-configs", action="store_true", help="the GPU configs, on the GPU, in bf16/fp16")
+    p.add_argument("--toy", action="store_true", help="toy model sizes: checks the set-up in seconds")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps; the median is reported")
+    a = p.parse_args(argv)
+    if a.gpu_configs and not torch.cuda.is_available():
+        raise config.UserError("--gpu-configs: this machine has no CUDA GPU (leave the flag out on a CPU)")
+    result = run_bench(a.stages, a.threads, a.gpu_configs, a.toy, a.warmup, max(1, a.repeats))
+    print(format_table(result))
+    out = repo_path(a.json)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as e:
+        raise config.UserError(f"--json {a.json}: cannot write there ({e.strerror}); choose another path") from None
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    config.cli(main)

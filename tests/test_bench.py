@@ -1,0 +1,56 @@
+"""The benchmark: it runs at toy size and prints every column with positive figures; its FLOP count of
+one small Thinker matches a count by hand; its errors are one clear line."""
+import json
+
+import pytest
+import torch
+
+from omni import bench
+from omni.config import UserError
+from omni.thinker import Thinker, ThinkerConfig
+
+
+def test_toy_bench_prints_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = bench.main(["--toy", "--threads", "1", "--warmup", "1", "--repeats", "2", "--json", str(out)])
+    table = capsys.readouterr().out
+    for column in ("units/s", "step ms", "GFLOP/step", "GFLOP/s", "% peak", "peak MB", "data %"):
+        assert column in table
+    assert [r["row"] for r in result["rows"]] == list(bench.ROWS)
+    assert result["machine"]["peak_gflop_per_s"] > 0 and result["machine"]["threads"] == 1
+    for r in result["rows"]:
+        assert r["row"] in table
+        for key in ("units_per_s", "step_ms", "gflop_per_step", "gflop_per_s", "share_of_peak", "params"):
+            assert r[key] > 0, (r["row"], key)
+        assert r["peak_mem_mb"] >= 0
+    assert result["rows"][0]["data_share"] > 0  # stage A times its get_batch (synthetic ids, same work)
+    assert json.loads(out.read_text())["rows"][0]["row"] == "A thinker"
+
+
+def test_stage_filter_and_errors(tmp_path):
+    result = bench.run_bench("C", threads=1, toy=True, warmup=0, repeats=1)
+    assert [r["row"] for r in result["rows"]] == ["C vision"]
+    with pytest.raises(UserError, match="--stages"):
+        bench.run_bench("Z", threads=1, toy=True)
+
+
+@pytest.mark.parametrize("loss_chunk", [0, 8])  # the chunked loss runs its matmuls itself: same count
+def test_flops_match_hand_count(loss_chunk):
+    """Forward + backward of a small Thinker, counted by hand. Every linear layer (q/k/v, o, gate/up,
+    down, head) costs 2 FLOPs per weight per token forward, and 4 backward (gradient of its input and
+    of its weight): 6 per weight per token. Attention per layer and head: forward q @ k.T and p @ v,
+    2 * T * T * hd each; backward recomputes q @ k.T and runs four more products of that size."""
+    B, T, d, L, H, kv, V, ffn = 2, 16, 32, 2, 4, 2, 61, 64
+    cfg = ThinkerConfig(vocab_size=V, d_model=d, n_layer=L, n_head=H, n_kv_head=kv, ffn_hidden=ffn,
+                        max_seq_len=T, loss_chunk=loss_chunk)
+    model = Thinker(cfg)
+    idx, tgt = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
+    hd = d // H
+    linear = L * (d * (H + 2 * kv) * hd + H * hd * d + 3 * d * ffn) + d * V  # weights in matmuls
+    attention = L * B * H * (2 + 5) * 2 * T * T * hd
+    expected = 6 * B * T * linear + attention
+
+    def step():
+        model(idx, tgt)[1].backward()
+
+    assert bench.count_flops(step) == expected
