@@ -88,6 +88,23 @@ def test_gradients_reach_every_trained_part_but_not_the_thinker_table():
     assert "thinker_table" not in dict(model.named_parameters())
 
 
+def test_hidden_conditioning_reads_the_frozen_thinker():
+    """cond='hidden': the Thinker's last hidden states replace the token embeddings; the Thinker stays frozen."""
+    from omni.thinker import Thinker, ThinkerConfig
+
+    torch.manual_seed(0)
+    thinker = Thinker(ThinkerConfig(vocab_size=VOCAB, d_model=D_THINKER, n_layer=1, n_head=2, n_kv_head=1))
+    cfg = TalkerConfig(d_model=32, n_layer=1, n_head=2, text_layers=1, depth_d_model=32, max_frames=64,
+                       n_codebooks=K, codebook_size=C, cond="hidden")
+    model = Talker(cfg, thinker.tok_emb.weight, thinker)
+    b = collate(toy_set(), [0, 1])
+    states = model.word_states(b["tokens"], b["tok_word"], b["n_words"])
+    embed = Talker(TalkerConfig(**{**cfg.__dict__, "cond": "embed"}), thinker.tok_emb.weight)
+    embed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("thinker.")})
+    assert not torch.allclose(states, embed.word_states(b["tokens"], b["tok_word"], b["n_words"]))
+    assert not any(p.requires_grad for p in model.thinker.parameters())
+
+
 def test_cached_generation_equals_a_full_forward():
     """Generate with the KV cache, then run the teacher-forced forward on what was generated, with the
     same word tracks: the codebook-0 and boundary logits must agree frame by frame."""
