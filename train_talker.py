@@ -57,6 +57,7 @@ class VoiceDataConfig:
     eval_clips: int = 80  # held-out clips per split at each evaluation (0 = all)
     crop: int = 160  # frames per training crop (100 per second; a multiple of 4)
     griffin_lim_iters: int = 48  # Griffin-Lim rounds when vocoding for the judge
+    mel_inverse_iters: int = 30  # NNLS updates that undo the mel filterbank before Griffin-Lim (0 = pseudo-inverse)
     wavs: int = 3  # wavs (and spectrograms) written to the run directory at the end
 
     def __post_init__(self):
@@ -126,9 +127,10 @@ def codec_task(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model:
         if judge is not None:
             if not fixed:
                 fixed["cer_original"] = judge_speech(judge, mels["test"], texts, vocoder=False)["cer"]
-                fixed["cer_vocoder"] = judge_speech(judge, mels["test"], texts, d.griffin_lim_iters)["cer"]
+                fixed["cer_vocoder"] = judge_speech(judge, mels["test"], texts, d.griffin_lim_iters,
+                                                   inverse_iters=d.mel_inverse_iters)["cer"]
             out.update(fixed)
-            through = judge_speech(judge, recon, texts, d.griffin_lim_iters)
+            through = judge_speech(judge, recon, texts, d.griffin_lim_iters, inverse_iters=d.mel_inverse_iters)
             out.update({"cer_codec": through["cer"], "wer_codec": through["wer"]})
         return out
 
@@ -147,7 +149,7 @@ def codec_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, mode
     recon = reconstruct(model, mels)[0]
     if judge is not None:
         for prefix, pred in (("vocoder", mels), ("codec", recon)):
-            r = judge_speech(judge, pred, texts, d.griffin_lim_iters)
+            r = judge_speech(judge, pred, texts, d.griffin_lim_iters, inverse_iters=d.mel_inverse_iters)
             write_samples(run_dir, prefix, texts, r["hyps"], r["wavs"], pred, mels, n=d.wavs)
     K = cfg.codec.n_codebooks
     rows = [[("original", m)] + [(f"{n} codebook{'s' * (n > 1)}", reconstruct(model, [m], n)[0][0])

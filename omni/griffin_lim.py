@@ -69,10 +69,11 @@ def mel_to_magnitude(mel: torch.Tensor, cfg: FrontEndConfig = FrontEndConfig(), 
 
 
 def mel_to_wav(mel: torch.Tensor, cfg: FrontEndConfig = FrontEndConfig(), n_iter: int = 48,
-               seed: int = 0) -> np.ndarray:
+               seed: int = 0, inverse_iters: int = 30) -> np.ndarray:
     """(T, n_mels) normalised log-mel at 100 frames/s -> float32 waveform of T x hop samples (16 kHz).
+    `inverse_iters` NNLS updates undo the mel filterbank (0 = the clipped pseudo-inverse alone).
     Peaks above 0.99 are scaled down so the wav can be written without clipping."""
-    mag = mel_to_magnitude(mel.detach().cpu(), cfg)
+    mag = mel_to_magnitude(mel.detach().cpu(), cfg, inverse_iters)
     mag = torch.cat([mag, mag[:, -1:]], dim=1)  # the front end dropped the last centred frame: T -> T + 1
     wav = griffin_lim(mag, cfg.n_fft, cfg.hop_length, len(mel) * cfg.hop_length, n_iter, seed=seed)
     peak = float(wav.abs().max()) if len(wav) else 0.0

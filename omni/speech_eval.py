@@ -20,18 +20,19 @@ from omni.metrics import cer, wer
 from omni.recogniser import Recogniser
 
 
-def vocode(mels: list[torch.Tensor], cfg: FrontEndConfig, n_iter: int = 48) -> list[np.ndarray]:
+def vocode(mels: list[torch.Tensor], cfg: FrontEndConfig, n_iter: int = 48,
+           inverse_iters: int = 30) -> list[np.ndarray]:
     """(T_i, n_mels) normalised log-mel clips -> float32 waveforms at cfg.sample_rate."""
-    return [mel_to_wav(m, cfg, n_iter) for m in mels]
+    return [mel_to_wav(m, cfg, n_iter, inverse_iters=inverse_iters) for m in mels]
 
 
 def judge_speech(judge: Recogniser, mels: list[torch.Tensor], texts: list[str], n_iter: int = 48,
-                 vocoder: bool = True) -> dict:
+                 vocoder: bool = True, inverse_iters: int = 30) -> dict:
     """Intelligibility of log-mel clips: the judge's CER and WER against `texts`, its transcripts
     ("hyps") and the waveforms ("wavs"). vocoder=False transcribes the features directly (the
     judge hears the mel as it is, with no Griffin-Lim in between)."""
     if vocoder:
-        wavs = vocode(mels, judge.front_end, n_iter)
+        wavs = vocode(mels, judge.front_end, n_iter, inverse_iters)
         hyps = judge.transcribe(wavs, judge.front_end.sample_rate)
     else:
         wavs, hyps = [], judge.transcribe_features(mels)
