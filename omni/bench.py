@@ -66,13 +66,16 @@ def _json(path: str, section: str) -> dict:
 # ---------------------------------------------------------------- rows, one builder per model
 
 
-def thinker_case(path: str, toy: bool, **switches) -> Case:
-    """Stage A: next-token loss on B x seq_len windows of token ids."""
-    m = {**_json(path, "model"), **switches}
+def thinker_case(path: str, toy: bool, gpt2: bool = False, **overrides) -> Case:
+    """Stage A: next-token loss on B x seq_len windows of token ids. gpt2: the same shape with GPT-2's
+    LayerNorm, learned positions, GELU MLP and full multi-head attention."""
+    m = {**_json(path, "model"), **overrides}
     B, T = _json(path, "train").get("batch_size", 16), _json(path, "data").get("seq_len", 256)
     if toy:
-        m, B, T = {**m, "vocab_size": 256, "d_model": 32, "n_layer": 1, "n_head": 2, "max_seq_len": 32}, 2, 32
-        m["n_kv_head"] = 2 if switches else 1
+        m, B, T = {**m, "vocab_size": 256, "d_model": 32, "n_layer": 1, "n_head": 2, "n_kv_head": 1,
+                   "max_seq_len": 32}, 2, 32
+    if gpt2:
+        m = {**m, **GPT2_SWITCHES, "n_kv_head": m.get("n_head", ThinkerConfig.n_head)}
     cfg = config.from_dict(ThinkerConfig, m, path)
     g = torch.Generator().manual_seed(0)
     stream = torch.randint(0, cfg.vocab_size, (1_000_000,), generator=g)  # as long as the Austen corpus
@@ -143,8 +146,10 @@ def vision_case(path: str, toy: bool) -> Case:
 ROWS: dict[str, tuple[str, Callable[[bool, bool], Case]]] = {
     "A thinker": ("A", lambda gpu, toy: thinker_case(
         "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy)),
-    "A gpt2": ("A", lambda gpu, toy: thinker_case("configs/thinker_small.json", toy, n_kv_head=8, **GPT2_SWITCHES)
-               if gpu else thinker_case("configs/gpt2_tiny.json", toy, **GPT2_SWITCHES)),
+    "A gpt2": ("A", lambda gpu, toy: thinker_case(
+        "configs/thinker_small.json" if gpu else "configs/gpt2_tiny.json", toy, gpt2=True)),
+    "A chunked": ("A", lambda gpu, toy: thinker_case(  # the Thinker with its fused output layer + loss
+        "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy, loss_chunk=512)),
     "B audio": ("B", lambda gpu, toy: audio_case(
         "configs/audio_enc_librispeech_gpu.json" if gpu else "configs/audio_enc_tiny.json", toy)),
     "C vision": ("C", lambda gpu, toy: vision_case(
@@ -180,18 +185,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """GFLOP/s of a large square matmul: the most this machine's threads do on the best-shaped work."""
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> Callable[[], float]:
+    """A function that times one large square matmul and returns its GFLOP/s: the most this machine's
+    threads do on the best-shaped work there is."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    times = []
-    for _ in range(repeats + 1):
+    a @ b  # warm-up
+
+    def once() -> float:
         _sync(device)
         t = time.perf_counter()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+        return 2 * n ** 3 / (time.perf_counter() - t) / 1e9
+    return once
 
 
 def cpu_name() -> str:
@@ -222,55 +229,58 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def bench_row(name: str, case: Case, device, dtype, warmup: int, repeats: int, peak: float) -> dict:
-    """Time one row's training step; return its figures."""
-    base = _rss_mb("VmRSS")
-    _reset_peak_rss()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model = case.model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    batch = to_device(case.batch, device)
+class Row:
+    """A row being measured: its model and optimizer on the device, ready for timed steps."""
 
-    def forward_backward():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss = case.loss(model, batch)
+    def __init__(self, name: str, case: Case, device: torch.device, dtype: torch.dtype, warmup: int):
+        base = _rss_mb("VmRSS")
+        _reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.name, self.case, self.device, self.dtype = name, case, device, dtype
+        self.model = case.model.to(device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.batch = to_device(case.batch, device)
+        for _ in range(warmup):
+            self.step()
+        _sync(device)
+        self.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" \
+            else _rss_mb("VmHWM") - base  # what the model, optimizer, batch and activations added
+        self.flops = count_flops(self.forward_backward)
+        self.opt.zero_grad(set_to_none=True)
+        self.times: list[float] = []
+        self.data_times: list[float] = []
+
+    def forward_backward(self) -> None:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            loss = self.case.loss(self.model, self.batch)
         loss.backward()
 
-    def step():
-        forward_backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def step(self) -> None:
+        self.forward_backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
+    def timed_step(self) -> None:
+        _sync(self.device)
         t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    flops = count_flops(forward_backward)
-    opt.zero_grad(set_to_none=True)
-    step_s = statistics.median(times)
-    if device.type == "cuda":
-        mem = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        mem = _rss_mb("VmHWM") - base
-    data_s = None
-    if case.get_batch is not None:
-        data_times = []
-        for i in range(repeats):
+        self.step()
+        _sync(self.device)
+        self.times.append(time.perf_counter() - t)
+        if self.case.get_batch is not None:  # the stage's data path, timed right after its step
             t = time.perf_counter()
-            case.get_batch(i + 1)
-            data_times.append(time.perf_counter() - t)
-        data_s = statistics.median(data_times)
-    gflops = flops / step_s / 1e9
-    return {"row": name, "unit": case.unit, "units_per_s": case.units / step_s, "step_ms": step_s * 1000,
-            "gflop_per_step": flops / 1e9, "gflop_per_s": gflops, "share_of_peak": gflops / peak,
-            "peak_mem_mb": mem, "data_share": None if data_s is None else data_s / step_s,
-            "params": sum(p.numel() for p in model.parameters())}
+            self.case.get_batch(len(self.times))
+            self.data_times.append(time.perf_counter() - t)
+
+    def figures(self, peak: float) -> dict:
+        step_s = statistics.median(self.times)
+        data_s = statistics.median(self.data_times) if self.data_times else None
+        gflops = self.flops / step_s / 1e9
+        return {"row": self.name, "unit": self.case.unit, "units_per_s": self.case.units / step_s,
+                "step_ms": step_s * 1000, "gflop_per_step": self.flops / 1e9, "gflop_per_s": gflops,
+                "share_of_peak": gflops / peak, "peak_mem_mb": self.peak_mem_mb,
+                "data_share": None if data_s is None else data_s / step_s,
+                "params": sum(p.numel() for p in self.model.parameters())}
 
 
 def format_table(result: dict) -> str:
@@ -284,12 +294,19 @@ def format_table(result: dict) -> str:
         rate = f"{r['units_per_s']:,.0f} {r['unit']}"
         lines.append(f"{r['row']:<10} {rate:>16} {r['step_ms']:>8.1f} {r['gflop_per_step']:>10.2f} "
                      f"{r['gflop_per_s']:>8.1f} {100 * r['share_of_peak']:>7.1f} {r['peak_mem_mb']:>8.0f} {data:>7}")
+    first: dict[str, dict] = {}  # a stage's first row is compared with its others (A: Thinker vs GPT-2)
+    for r in result["rows"]:
+        stage = r["row"].split()[0]
+        if stage in first:
+            lines.append(f"{first[stage]['row']} vs {r['row']}: {first[stage]['units_per_s'] / r['units_per_s']:.2f}x "
+                         f"the {r['unit']}/s, side by side")
+        first.setdefault(stage, r)
     return "\n".join(lines)
 
 
 def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy: bool = False,
               warmup: int = 3, repeats: int = 10) -> dict:
-    """Measure the peak, then every row of the chosen stages (letters, "" = all)."""
+    """Build every row of the chosen stages (letters, "" = all), then time them and the peak in rounds."""
     threads = cpu_threads(threads)
     torch.set_num_threads(threads)
     device = pick_device("auto" if gpu_configs else "cpu")
@@ -299,17 +316,24 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
         raise config.UserError(f"--stages {stages}: no such stage (choose among "
                                f"{sorted({s for s, _ in ROWS.values()})})")
     load = os.getloadavg()[0]
-    peak = matmul_peak(device, dtype)
+    peak_once = matmul_peak(device, dtype)
     rows = []
     for name in wanted:
         torch.manual_seed(0)
-        case = ROWS[name][1](device.type == "cuda", toy)
-        rows.append(bench_row(name, case, device, dtype, warmup, repeats, peak))
-        del case
+        rows.append(Row(name, ROWS[name][1](device.type == "cuda", toy), device, dtype, warmup))
+    # Interleaved: each round times the peak matmul once and every row once, so a machine whose speed
+    # drifts (other work starting or stopping) slows all rows alike and the ratios stay fair.
+    peaks = []
+    for _ in range(repeats):
+        peaks.append(peak_once())
+        for row in rows:
+            row.timed_step()
+    peak = statistics.median(peaks)
+    figures = [row.figures(peak) for row in rows]
     machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                "threads": threads, "dtype": str(dtype).removeprefix("torch."), "peak_gflop_per_s": peak,
                "load_avg": load, "torch": torch.__version__}
-    return {"machine": machine, "rows": rows}
+    return {"machine": machine, "rows": figures}
 
 
 def main(argv: list[str] | None = None) -> dict:
