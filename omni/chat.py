@@ -10,8 +10,10 @@ prints the time to the first word (from reading the inputs to the first token of
 the whole answer's time. With a wav question it also prints what the Thinker hears in it (its own
 transcript, asked as a second turn).
 
-Spoken answers need stage D's Talker (--talker): `speak_answer` is the hook where its speech
-joins; until a Talker checkpoint exists the command says so and answers in text only.
+Spoken answers come from stage D's Talker (--talker): it speaks the text answer, Griffin-Lim
+makes the wav (--out), and stage B's recogniser (--recogniser) prints what it hears in it, with
+the time to the first audio and the real-time factor. Without a Talker checkpoint the command
+says so and answers in text only.
 """
 from __future__ import annotations
 
@@ -64,14 +66,34 @@ def answer(model, template, parts: list, image, audio, max_new: int, show: bool 
     return text.strip(), first if first is not None else time.time() - t0
 
 
-def speak_answer(text: str, talker: str, out: Path) -> Path | None:
-    """The spoken answer (stage D). The hook for the Talker: returns the wav written, or None when no
-    Talker checkpoint exists yet."""
+def speak_answer(text: str, talker: str, recogniser: str, out: str, t_start: float) -> Path | None:
+    """The spoken answer: stage D's Talker speaks the text answer (omni.say), Griffin-Lim makes it
+    a wav, and stage B's recogniser says what it hears in it. None when no Talker exists yet."""
     if not repo_path(talker).is_file():
         print(f"spoken answer: none ({talker} not found; the Talker of stage D speaks the answers once trained)")
         return None
-    raise UserError(f"--talker {talker}: the omni command does not drive the Talker yet (stage D's API is "
-                    "still settling); use python -m omni.say on the answer text")
+    import soundfile as sf
+
+    from omni.griffin_lim import mel_to_wav
+    from omni.recogniser import load_recogniser
+    from omni.say import load_talker, speak
+    from omni.talker_data import FRAME_RATE
+
+    model, tok, codec, front_end = load_talker(talker)
+    t0 = time.time()
+    spoken = speak(model, codec, tok, [" ".join(text.lower().split())], generator=torch.Generator().manual_seed(0))
+    wav = mel_to_wav(spoken["mels"][0], front_end)
+    done = time.time()
+    seconds = len(spoken["codes"][0]) / FRAME_RATE
+    path = repo_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, wav, front_end.sample_rate)
+    heard = load_recogniser(recogniser).transcribe([wav], front_end.sample_rate)[0]
+    # The Talker writes the whole answer's codes before Griffin-Lim runs, so the first audio is ready
+    # when all of it is: time to first audio = time to the whole answer's speech.
+    print(f"spoken answer: {out} ({seconds:.2f} s) | time to first audio {done - t_start:.3f}s | real-time factor "
+          f"{(done - t0) / max(seconds, 1e-9):.3f} | the recogniser hears: {heard}")
+    return path
 
 
 def run(model, template, front_end, args) -> str:
@@ -99,7 +121,7 @@ def run(model, template, front_end, args) -> str:
     print("answer: ", end="", flush=True)
     text, first = answer(model, template, parts, image, audio, args.tokens)
     print(f"time to first word {prep + first:.3f}s (inputs {prep:.3f}s) | answer in {time.time() - t0:.3f}s")
-    speak_answer(text, args.talker, repo_path(args.out))
+    speak_answer(text, args.talker, args.recogniser, args.out, t0)
     return text
 
 
@@ -112,6 +134,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--tokens", type=int, default=48, help="longest answer, in tokens")
     p.add_argument("--talker", default="runs/talker_tiny/best.pt", help="stage D's Talker, for the spoken answer")
     p.add_argument("--out", default="runs/omni_tiny/answer.wav", help="where the spoken answer goes")
+    p.add_argument("--recogniser", default="runs/audio_enc_tiny/best.pt", help="stage B model that checks the speech")
     args = p.parse_args(argv)
     model, template, front_end, _ = load_omni(args.checkpoint)
     if args.image or args.audio or args.text:

@@ -60,6 +60,7 @@ class OmniDataConfig:
     eval_clips: int = 100  # unseen-voice test clips transcribed at each evaluation (0 = all)
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
     samples: int = 3  # test answers printed at each evaluation
+    question_first: bool = False  # the question (typed or spoken) before the picture, not after it
 
     def __post_init__(self):
         bad = sorted(set(self.shares) - set(KINDS))
@@ -165,6 +166,11 @@ class OmniData:
             print(f"{manifest}: skipped {n - len(keep)} clips too long for the Thinker ({room} audio frames)")
         return [s.texts[k] for k in keep], [feats[k] for k in keep]
 
+    def ask(self, img: torch.Tensor, question) -> list:
+        """The user's parts: the picture and the question, in the configured order. The Thinker's
+        attention is causal: picture tokens after the question can already look for what it asks."""
+        return [question, (IMAGE, len(img))] if self.cfg.question_first else [(IMAGE, len(img)), question]
+
     # -- turns: (ids, loss mask, image features or None, audio features or None)
     def turn(self, kind: str, g: torch.Generator):
         pick = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
@@ -172,14 +178,14 @@ class OmniData:
             k, q, a = self.qa[pick(len(self.qa))]
             img = self.images["train"][k]
             if kind == "image_qa":
-                return *self.t.encode([("user", [(IMAGE, len(img)), q]), ("assistant", [a])]), img, None
+                return *self.t.encode([("user", self.ask(img, q)), ("assistant", [a])]), img, None
             clips = self.voices["train"][normalize(q)]
             aud = clips[pick(len(clips))]
-            return *self.t.encode([("user", [(IMAGE, len(img)), (AUDIO, len(aud))]), ("assistant", [a])]), img, aud
+            return *self.t.encode([("user", self.ask(img, (AUDIO, len(aud)))), ("assistant", [a])]), img, aud
         if kind == "caption":
             k = pick(len(self.records["train"]))
             img = self.images["train"][k]
-            return (*self.t.encode([("user", [(IMAGE, len(img)), CAPTION_PROMPT]),
+            return (*self.t.encode([("user", self.ask(img, CAPTION_PROMPT)),
                                     ("assistant", [self.records["train"][k]["caption"]])]), img, None)
         if kind == "asr":
             texts, feats = self.asr["train"]
@@ -212,7 +218,7 @@ class OmniData:
         out = []
         for k, q, a in items[: self.cfg.eval_questions or len(items)]:
             img = self.images["test"][k]
-            typed = self.t.encode([("user", [(IMAGE, len(img)), q])], add_generation_prompt=True)[0]
+            typed = self.t.encode([("user", self.ask(img, q))], add_generation_prompt=True)[0]
             out.append({"picture": k, "q": q, "a": a, "kind": question_kind(q), "typed": (typed, img, None)})
             if not self.voices:
                 continue
@@ -221,7 +227,7 @@ class OmniData:
                 raise UserError(f"{self.cfg.spoken}: no spoken clip of the test question {q!r}; rebuild it "
                                 f"(python -m omni.omni_data --out {self.cfg.spoken} --shapes {self.cfg.shapes})")
             aud = clips[(k + len(out)) % len(clips)].float()
-            said = self.t.encode([("user", [(IMAGE, len(img)), (AUDIO, len(aud))])], add_generation_prompt=True)[0]
+            said = self.t.encode([("user", self.ask(img, (AUDIO, len(aud))))], add_generation_prompt=True)[0]
             out[-1]["spoken"] = (said, img, aud)
         return out
 

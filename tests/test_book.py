@@ -19,7 +19,8 @@ from omni.paths import ROOT
 DOCS = [ROOT / "README.md", *sorted((ROOT / "chapters").glob("*.md"))]
 STAGE_SCRIPTS = ["train_text", "train_audio_enc", "train_vision", "train_talker", "sft_omni"]
 OTHER_FLAGS = {"config", "resume", "debug", "stages", "prompt", "tokens", "temperature", "top_k", "seed",
-               "out", "root", "captions", "images", "help", "key", "nproc_per_node"}
+               "out", "root", "captions", "images", "help", "key", "nproc_per_node",
+               "json", "image", "audio", "text", "checkpoint", "talker"}
 RUN_FILES = {"config.json", "curves.png", "meta.json", "metrics.json", "log.jsonl"}  # written into run dirs
 PLANNED = {"train_talker.py", "sft_omni.py"}  # stages D and E, named in the README's stage table
 

@@ -109,7 +109,7 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
     picture = d / "shapes" / "test" / "000000.png"
     clip = next((d / "spoken" / "wav").glob("*.wav"))
     r = subprocess.run([sys.executable, "-m", "omni.chat", "--checkpoint", str(tmp_path / "best.pt"), "--image",
-                        str(picture), "--audio", str(clip), "--out", str(tmp_path / "answer.wav")],
+                        str(picture), "--audio", str(clip), "--talker", str(tmp_path / "no_talker.pt")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-800:]
     assert "question heard as:" in r.stdout and "answer: " in r.stdout and "time to first word" in r.stdout
