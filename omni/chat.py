@@ -3,6 +3,7 @@
     python -m omni.chat --image data/shapes_tiny/test/000003.png --text "what colour is the star?"
     python -m omni.chat --image data/shapes_tiny/test/000003.png --audio question.wav
     python -m omni.chat --audio data/speech_tiny/wav/test_000000.wav --text "what did they say?"
+    python -m omni.chat --demo                            # a held-out picture, asked aloud by an unseen voice
     python -m omni.chat                                   # a text chat in the terminal; an empty line ends it
 
 The answer is written as it is generated (greedy, token by token with the KV cache). The command
@@ -18,6 +19,7 @@ says so and answers in text only.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ from omni.config import UserError
 from omni.omni_data import ASR_PROMPT
 from omni.omni_model import load_omni
 from omni.paths import repo_path
+from omni.speech_data import normalize
 from omni.vision import load_image
 
 
@@ -96,6 +99,26 @@ def speak_answer(text: str, talker: str, recogniser: str, out: str, t_start: flo
     return path
 
 
+def demo_inputs(shapes: str = "data/shapes_tiny", spoken: str = "data/omni_tiny") -> tuple[str, str, dict]:
+    """The main job's demo: the first test picture (it holds a colour-shape pair never seen in
+    training) with one of its colour or shape questions, spoken by a voice never heard in training."""
+    pictures, clips = repo_path(shapes) / "test.jsonl", repo_path(spoken) / "questions_test.jsonl"
+    for f in (pictures, clips):
+        if not f.is_file():
+            raise UserError(f"--demo: {f} not found; build it with python -m omni.shapes / python -m omni.omni_data")
+    by_text = {}
+    for line in clips.read_text().splitlines():
+        row = json.loads(line)
+        by_text.setdefault(row["text"], row)
+    for line in pictures.read_text().splitlines():
+        pic = json.loads(line)
+        for qa in pic["questions"]:
+            row = by_text.get(normalize(qa["q"]))
+            if row and qa["q"].startswith(("what colour", "what shape")):
+                return f"{shapes}/{pic['image']}", f"{spoken}/{row['audio']}", {**qa, "speaker": row["speaker"]}
+    raise UserError(f"--demo: no test picture in {pictures} has a colour or shape question spoken in {clips}")
+
+
 def run(model, template, front_end, args) -> str:
     t0 = time.time()
     parts, image, audio = [], None, None
@@ -135,8 +158,13 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--talker", default="runs/talker_tiny/best.pt", help="stage D's Talker, for the spoken answer")
     p.add_argument("--out", default="runs/omni_tiny/answer.wav", help="where the spoken answer goes")
     p.add_argument("--recogniser", default="runs/audio_enc_tiny/best.pt", help="stage B model that checks the speech")
+    p.add_argument("--demo", action="store_true", help="a held-out picture and a question spoken by an unseen voice")
     args = p.parse_args(argv)
     model, template, front_end, _ = load_omni(args.checkpoint)
+    if args.demo:
+        args.image, args.audio, qa = demo_inputs()
+        print(f"demo: picture {args.image} | question '{qa['q']}' spoken by {qa['speaker']} ({args.audio}) "
+              f"| expected answer: {qa['a']}")
     if args.image or args.audio or args.text:
         return run(model, template, front_end, args)
     print("text chat with the omni model; an empty line ends it")

@@ -30,10 +30,11 @@ from omni.pipeline import STAGES
 
 
 def train_command(stage: str) -> list[str]:
-    """The stage's training command in the pipeline (its first step that runs a .py script)."""
+    """The stage's training command in the pipeline: its last step that runs a .py script (for stage
+    D the Talker, trained on the codec the pipeline made first)."""
     if stage not in STAGES:
         raise UserError(f"--stage {stage}: unknown stage (choose from {', '.join(STAGES)})")
-    cmd = list(next(c for c in STAGES[stage][0] if c[0].endswith(".py")))
+    cmd = list([c for c in STAGES[stage].commands if c[0].endswith(".py")][-1])
     if "--resume" in cmd:  # each seed gets its own --resume auto
         del cmd[cmd.index("--resume"): cmd.index("--resume") + 2]
     return cmd
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> str:
     print(f"$ python {' '.join(cmd + extra)} --train.seed=N --train.out_dir={out}/seed_N --resume auto", flush=True)
     metrics = [run_seed(cmd, writable_dir(out / f"seed_{s}"), s, extra) for s in seeds]
     title = f"stage {args.stage}: python {' '.join(cmd + extra)}, train.seed = {', '.join(map(str, seeds))}"
-    table = format_table(title, seeds, metrics, STAGES[args.stage][2])
+    table = format_table(title, seeds, metrics, STAGES[args.stage].reports[-1][1])
     print(table, end="")
     table_path.write_text(table)
     print(f"table written to {args.table or table_path.relative_to(ROOT)}")
