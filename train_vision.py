@@ -19,6 +19,7 @@ Chapter: chapters/05_stage_c_vision.md.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -41,10 +42,13 @@ class VisionDataConfig:
     candidates: int = 10  # N: retrieval picks the right one among N pictures/captions with distinct captions
     eval_images: int = 0  # pictures per held-out split at each evaluation (0 = all)
     samples: int = 2  # test captions printed with the picture the model retrieves, at each evaluation
+    recolour: float = 0.25  # share of each batch replaced by colour-edited copies of their neighbours (0-0.5)
 
     def __post_init__(self):
         if self.candidates < 2:
             raise ValueError(f"data.candidates must be at least 2, got {self.candidates}")
+        if not 0 <= self.recolour <= 0.5:
+            raise ValueError(f"data.recolour must be between 0 and 0.5, got {self.recolour}")
 
 
 @dataclass
@@ -88,7 +92,7 @@ def main(cfg: VisionStageConfig) -> dict:
         same: dict[str, int] = {}  # equal captions get equal ids: the loss treats them as one (multi-positive)
         caption_id = torch.tensor([same.setdefault(t, len(same)) for t in flat])
         return {"records": records, "images": images, "ids": ids, "lengths": lengths, "first": first,
-                "caption_id": caption_id, "main": first[:-1]}
+                "caption_id": caption_id, "main": first[:-1], "texts": flat}
 
     sets = {name: load(name) for name in ("train", "val", "test")}
     train, B = sets["train"], cfg.train.batch_size
@@ -118,8 +122,26 @@ def main(cfg: VisionStageConfig) -> dict:
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + i)  # caption choice for batch i only
         span = train["first"][ks + 1] - train["first"][ks]
         rows = train["first"][ks] + (torch.rand(len(ks), generator=g) * span).long()
-        lengths = train["lengths"][rows]
-        return train["images"][ks], train["ids"][rows, :int(lengths.max())], lengths, train["caption_id"][rows]
+        images, ids, lengths = train["images"][ks], train["ids"][rows], train["lengths"][rows]
+        texts = [train["texts"][r] for r in rows.tolist()]
+        # Colour hard negatives: families differ in a shape only, so nothing forced fine colour
+        # boundaries (yellow was read as orange). Some odd places j get a copy of picture j - 1 with
+        # one object repainted (never into a held-out pair), so both sit in one batch.
+        rng = random.Random(f"{cfg.train.seed}/recolour/{i}")
+        for j in range(1, len(ks), 2):
+            objects = train["records"][ks[j - 1]].get("objects")
+            if not objects or rng.random() >= 2 * cfg.data.recolour:
+                continue
+            o = rng.randrange(len(objects))
+            colours = [c for c in shapes.COLOURS
+                       if c != objects[o]["colour"] and (c, objects[o]["shape"]) not in shapes.HELD_OUT]
+            edited = [dict(x, colour=rng.choice(colours)) if n == o else x for n, x in enumerate(objects)]
+            images[j] = shapes.recolour(images[j - 1], objects, o, shapes.jittered(edited[o]["colour"], rng))
+            texts[j] = shapes.caption(edited)
+            ids[j], lengths[j] = (t[0] for t in clip.encode_captions(tok, texts[j:j + 1], cfg.text.max_len)[:2])
+        same: dict[str, int] = {}  # equal captions get equal ids: the loss treats them as one (multi-positive)
+        caption_id = torch.tensor([same.setdefault(t, len(same)) for t in texts])
+        return images, ids[:, :int(lengths.max())], lengths, caption_id
 
     # 3. Model -------------------------------------------------------------------------------
     torch.manual_seed(cfg.train.seed)

@@ -25,6 +25,7 @@ import random
 import time
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw
 
 # The shared vocabulary of the image world (stages B, C and E use these lists).
@@ -42,6 +43,7 @@ HELD_OUT = [("red", "triangle"), ("green", "star"), ("blue", "circle"),
 
 RGB = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 220),
        "yellow": (235, 205, 30), "purple": (135, 55, 185), "orange": (245, 135, 25)}
+RGB_TABLE = torch.tensor([RGB[c] for c in COLOURS], dtype=torch.float)  # (colours, 3), in COLOURS order
 RADIUS = {"small": 0.3, "big": 0.45}  # object radius as a fraction of a grid cell's side
 SUPERSAMPLE = 4  # draw 4x larger, then shrink: smooth edges without an antialiasing library
 WHERE = {"top left": "at the top left", "top": "at the top", "top right": "at the top right",
@@ -162,6 +164,11 @@ def polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     raise ValueError(f"unknown shape {shape!r}")
 
 
+def jittered(colour: str, rng: random.Random) -> tuple[int, ...]:
+    """The colour's RGB with a little random shift per channel, as every object is drawn."""
+    return tuple(min(255, max(0, v + rng.randint(-18, 18))) for v in RGB[colour])
+
+
 def render(objects: list[dict], rng: random.Random, size: int = 48) -> Image.Image:
     """Draw the objects on a pale background. Small jitters in background, colour and position
     make the model learn colour and place categories rather than exact pixel values."""
@@ -176,12 +183,53 @@ def render(objects: list[dict], rng: random.Random, size: int = 48) -> Image.Ima
         cx = (col + 0.5) * cell + rng.uniform(-jitter, jitter)
         cy = (row + 0.5) * cell + rng.uniform(-jitter, jitter)
         r = RADIUS[o["size"]] * cell * rng.uniform(0.92, 1.08)
-        fill = tuple(min(255, max(0, v + rng.randint(-18, 18))) for v in RGB[o["colour"]])
+        fill = jittered(o["colour"], rng)
         if o["shape"] == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             draw.polygon(polygon(o["shape"], cx, cy, r), fill=fill)
     return img.resize((size, size), Image.BOX)
+
+
+def recolour(pixels: torch.Tensor, objects: list[dict], k: int, fill: tuple[int, ...]) -> torch.Tensor:
+    """Repaint objects[k] of a rendered picture (3, H, W) uint8 with the RGB `fill`, as if it had
+    been drawn in that colour: a colour-edit hard negative made on the fly, without drawing again.
+    It works because a drawn picture is a box-filtered mix of two colours: each pixel of the object
+    is bg + a * (old - bg), a in [0, 1] the share of it the object covers. The object's own colour
+    is its most saturated pixel near its cell's centre (no neighbour reaches there). A pixel is
+    repainted if it lies on the line from background to that colour, in the object's cell or
+    within 2 pixels of it (a big star's point reaches ~0.11 of a cell past its own) where our
+    colour explains it better than that cell's object's: background and other objects stay."""
+    H, W = pixels.shape[1:]
+    row, col = divmod(POSITIONS.index(objects[k]["position"]), 3)
+    r0, r1 = max(0, row * H // 3 - 2), min(H, -(-(row + 1) * H // 3) + 2)  # the cell and 2 pixels around it
+    c0, c1 = max(0, col * W // 3 - 2), min(W, -(-(col + 1) * W // 3) + 2)
+    x = pixels[:, r0:r1, c0:c1].float()  # (3, h, w): all that can change
+    bg = pixels[:, [0, 0, -1, -1], [0, -1, 0, -1]].float().median(1).values[:, None, None]  # corners: background
+    ys = torch.arange(r0, r1, dtype=torch.float)[:, None] * 3 / H  # (h, 1) pixel rows in cells
+    xs = torch.arange(c0, c1, dtype=torch.float)[None, :] * 3 / W  # (1, w)
+    core = ((ys - row - 0.5).abs() < 0.2) & ((xs - col - 0.5).abs() < 0.2)  # (h, w): inside every shape
+    d = x - bg  # (3, h, w)
+    u = d[:, core][:, (d[:, core] ** 2).sum(0).argmax()][:, None, None]  # (3, 1, 1): old colour - bg
+
+    def off_line(u):  # (3, ...) colour minus background -> (h, w) share along u, distance from the line
+        a = ((d * u).sum(0) / (u * u).sum(0).clamp(min=1.0)).clamp(0, 1)
+        return a, (d - a * u).norm(dim=0)
+
+    a, off = off_line(u)
+    cell = (ys.long() * 3 + xs.long()).clamp(max=8)  # (h, w): the grid cell of each pixel
+    theirs = torch.full((9, 3), float("nan"))  # nominal colour of the object in each cell (nan: empty)
+    for o in objects:
+        theirs[POSITIONS.index(o["position"])] = RGB_TABLE[COLOURS.index(o["colour"])]
+    off_theirs = off_line(theirs[cell].permute(2, 0, 1) - bg)[1]  # (h, w); nan in empty cells
+    same = (theirs[cell] == RGB_TABLE[COLOURS.index(objects[k]["colour"])]).all(-1)
+    # in a neighbour's cell, a pixel is ours only if our colour explains it better than theirs does
+    region = (cell == row * 3 + col) | (~same & ~(off_theirs <= off))
+    on_line = off < 12  # RGB distance off the line: rounding ~1, a mix with another colour more
+    new = bg + a * (torch.tensor(fill, dtype=torch.float)[:, None, None] - bg)
+    out = pixels.clone()
+    out[:, r0:r1, c0:c1] = torch.where(region & on_line, new.round().clamp(0, 255), x).to(pixels.dtype)
+    return out
 
 
 def make_example(seed: int, split: str, index: int, size: int = 48,
