@@ -49,6 +49,7 @@ class TalkerConfig:
     max_frames: int = 1024  # longest utterance in codec frames (40 s at 25 Hz)
     max_tokens: int = 256  # longest sentence in Thinker tokens
     dropout: float = 0.0  # dropout in the text encoder and frame transformer
+    history_dropout: float = 0.5  # share of training frames that see BOS instead of the previous frame's codes
     boundary_weight: float = 1.0  # weight of the word-boundary BCE next to the code cross-entropies
     boundary_pos_weight: float = 4.0  # BCE weight of the rarer "word ends here" frames
     temperature: float = 0.7  # sampling temperature of codebook 0 (0 = greedy)
@@ -67,6 +68,8 @@ class TalkerConfig:
                     "max_word_pos", "max_frames"):
             if getattr(self, key) < 1:
                 raise ValueError(f"TalkerConfig.{key}: must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.history_dropout < 1:
+            raise ValueError(f"TalkerConfig.history_dropout: must be in [0, 1), got {self.history_dropout}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"TalkerConfig.n_head: d_model={self.d_model} / n_head must be an even integer")
 
@@ -179,6 +182,13 @@ class Talker(nn.Module):
         states = self.word_states(tokens, tok_word, n_words)
         prev = self.embed_codes(codes[:, :-1])  # (B, T-1, d): frame t reads the codes of frame t-1
         prev = torch.cat([self.bos.expand(B, 1, -1), prev], 1)  # (B, T, d)
+        if self.training and self.cfg.history_dropout > 0:
+            # Hide the previous frame from a share of frames: with the true codes of frame t-1 in view
+            # the next code is easy to guess from them alone, and the Talker learns to continue sound
+            # instead of reading the text (it then says fluent but wrong words). Tacotron's prenet
+            # dropout does the same job.
+            hide = torch.rand(B, T, 1, device=prev.device) < self.cfg.history_dropout
+            prev = torch.where(hide, self.bos, prev)
         h = self.frames(prev + self.frame_condition(states, frame_word, frame_pos, n_words))  # (B, T, d)
         logits = self.head0(h)[:, :, None]  # (B, T, 1, C)
         if K > 1:

@@ -56,7 +56,7 @@ def test_frame_track_from_word_times():
 
 
 def test_shapes_and_loss_mask_ignores_padding():
-    s, model = toy_set(), tiny_talker()
+    s, model = toy_set(), tiny_talker().eval()  # eval: no history dropout, so two passes are comparable
     batch = collate(s, [0, 1, 2])
     logits, boundary = model(batch["tokens"], batch["tok_word"], batch["n_words"], batch["codes"],
                              batch["frame_word"], batch["frame_pos"])
@@ -108,7 +108,7 @@ def test_hidden_conditioning_reads_the_frozen_thinker():
 def test_cached_generation_equals_a_full_forward():
     """Generate with the KV cache, then run the teacher-forced forward on what was generated, with the
     same word tracks: the codebook-0 and boundary logits must agree frame by frame."""
-    model = tiny_talker(seed=1, temperature=1.0, top_k=0)
+    model = tiny_talker(seed=1, temperature=1.0, top_k=0).eval()
     batch = collate(toy_set(), [0, 1, 2])
     out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([12, 12, 12]),
                    generator=torch.Generator().manual_seed(0), return_logits=True)
