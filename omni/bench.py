@@ -101,7 +101,8 @@ def audio_case(path: str, toy: bool) -> Case:
             g = torch.Generator().manual_seed(i)
             ids = torch.randint(0, len(clips), (B,), generator=g).tolist()
             feats = [augment(clips.features(k), g, data.get("speed", 0.1), data.get("warp", 0.1),
-                             data.get("freq_masks", 2), 10, data.get("time_masks", 2), 20) for k in ids]
+                             data.get("freq_masks", 2), data.get("freq_width", 10), data.get("time_masks", 2),
+                             data.get("time_width", 20)) for k in ids]
             ys = [torch.tensor(vocab.encode(clips.texts[k])) for k in ids]
             return (*pad_batch(feats), torch.cat(ys), torch.tensor([len(y) for y in ys]))
         batch, fetch = get_batch(0), get_batch
@@ -148,7 +149,7 @@ ROWS: dict[str, tuple[str, Callable[[bool, bool], Case]]] = {
         "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy)),
     "A gpt2": ("A", lambda gpu, toy: thinker_case(
         "configs/thinker_small.json" if gpu else "configs/gpt2_tiny.json", toy, gpt2=True)),
-    "A chunked": ("A", lambda gpu, toy: thinker_case(  # the Thinker with its fused output layer + loss
+    "A chunked": ("A", lambda gpu, toy: thinker_case(  # the Thinker with its chunked output layer + loss
         "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy, loss_chunk=512)),
     "B audio": ("B", lambda gpu, toy: audio_case(
         "configs/audio_enc_librispeech_gpu.json" if gpu else "configs/audio_enc_tiny.json", toy)),

@@ -18,6 +18,9 @@ projections scaled by 1/sqrt(2 * n_layer) so the residual stream does not grow w
 
 `forward` takes token ids or, for stage E, ready-made embeddings (B, T, d_model) in which image
 and audio features are spliced between token embeddings (build them with `embed_tokens`).
+`hidden` returns the final normed hidden states (what the output layer and the Talker read). With
+loss_chunk > 0, training never builds the full logits: the output layer and the loss run a chunk of
+tokens at a time (omni/chunked_loss.py), and forward returns None for the logits when given targets.
 `generate` fills a preallocated KV cache with the prompt in one pass, then adds one token a step.
 """
 import math
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from omni.chunked_loss import chunked_cross_entropy
 
 
 @dataclass
@@ -44,7 +49,7 @@ class ThinkerConfig:
     norm: str = "rmsnorm"  # 'rmsnorm' (Qwen/LLaMA) or 'layernorm' (GPT-2)
     pos: str = "rope"  # 'rope' (rotary, Qwen/LLaMA) or 'learned' (absolute position table, GPT-2)
     mlp: str = "swiglu"  # 'swiglu' (Qwen/LLaMA) or 'gelu' (GPT-2)
-    loss_chunk: int = 0  # tokens per chunk of the fused output layer + loss (0 = off: full logits; see below)
+    loss_chunk: int = 0  # tokens per chunk of the fused output layer + loss (0 = off; see omni/chunked_loss.py)
 
     def __post_init__(self):
         def need(ok, key, msg):
@@ -215,51 +220,6 @@ class Block(nn.Module):
     def forward(self, x, rope=None, kv_cache=None, start_pos=0):  # (B, T, d_model)
         x = x + self.drop(self.attn(self.norm1(x), rope, kv_cache, start_pos))
         return x + self.drop(self.mlp(self.norm2(x)))
-
-
-class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of logits = h @ weight.T, one chunk of tokens at a time.
-
-    The plain way builds all N x vocab logits (16 x 128 x 2048 floats = 16 MB at the tiny shape), then
-    log_softmax, then a backward pass over all of them again: three trips through memory that do not
-    fit in cache. Here each chunk's logits live only inside the loop, and since the loss is the last
-    op, its gradient (softmax - one-hot) is known at once: the forward computes the gradients of h and
-    weight too and backward only scales them (the idea of fused linear cross-entropy kernels).
-    """
-
-    @staticmethod
-    def forward(ctx, h, weight, targets, chunk):  # h (N, d), weight (V, d), targets (N,), -100 = no loss
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_h, grad_w = torch.zeros_like(h), torch.zeros_like(weight)
-        loss = torch.zeros((), device=h.device)
-        for s in range(0, h.size(0), chunk):
-            hc, y = h[s:s + chunk], targets[s:s + chunk]
-            keep = (y != -100).float()  # (n,)
-            y = y.clamp(min=0)
-            logits = (hc @ weight.T).float()  # (n, V)
-            picked = logits.gather(1, y[:, None])[:, 0]  # (n,) the target's logit
-            top = logits.amax(-1, keepdim=True)  # (n, 1), subtracted so exp cannot overflow
-            p = logits.sub_(top).exp_()  # (n, V) unnormalised softmax, in place of the logits
-            z = p.sum(-1, keepdim=True)  # (n, 1)
-            loss += ((top[:, 0] + z[:, 0].log() - picked) * keep).sum()  # logsumexp - target logit
-            if need_grad:
-                p.mul_(keep[:, None] / z)  # softmax of the counted rows, 0 elsewhere
-                p[torch.arange(len(y)), y] -= keep  # d loss / d logits = softmax - one-hot
-                p = p.to(h.dtype)
-                grad_h[s:s + chunk] = p @ weight
-                grad_w.addmm_(p.T, hc)
-        ctx.save_for_backward(grad_h, grad_w)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
-
-
-def chunked_cross_entropy(h, weight, targets, chunk: int):
-    """sum over tokens of cross_entropy(h @ weight.T, targets), without the full logits tensor."""
-    return ChunkedCrossEntropy.apply(h, weight, targets, chunk)
 
 
 # ---------------------------------------------------------------- the model
