@@ -19,6 +19,9 @@ writes discrete speech codes, which a codec decoder and a vocoder turn into a wa
   multi-token prediction), teacher-forced in training; and a "this word ends after this frame"
   logit. In generation the Talker moves to the next word when that logit says so; moving past
   the last word is the end of speech, so generation stops by itself.
+- History dropout: in training, half the frames see the BOS vector instead of the previous
+  frame's codes, so they must be predicted from the text (Tacotron's prenet dropout does the same
+  job). Without it the Talker learns to continue the sound and says fluent but wrong words.
 
 The main transformer reuses the Thinker's blocks (RMSNorm, RoPE, SwiGLU, KV cache).
 """
@@ -125,8 +128,8 @@ class Talker(nn.Module):
     # ---------------------------------------------------------------- text side
 
     def word_states(self, tokens, tok_word, n_words):
-        """tokens, tok_word (B, N) (padding: token 0, word -1), n_words (B,) -> (B, W + 1, d): the
-        state of each word (mean of its tokens), then the end vector at index n_words[b]."""
+        """tokens, tok_word (B, N) (padding: token 0, word -1), n_words (B,) -> (B, max n_words + 1, d):
+        the state of each word (mean of its tokens), then the end vector from index n_words[b] on."""
         B, N = tokens.shape
         with torch.no_grad():
             if self.cfg.cond == "hidden":

@@ -88,6 +88,22 @@ def test_gradients_reach_every_trained_part_but_not_the_thinker_table():
     assert "thinker_table" not in dict(model.named_parameters())
 
 
+def test_history_dropout_hides_the_past_in_training_only():
+    """With every frame's history hidden, codebook 0 can only come from the text: other codes in the
+    past change nothing. In eval mode the past is always seen."""
+    model = tiny_talker(history_dropout=0.999)
+    b = collate(toy_set(), [0, 1])
+    other = torch.randint(0, C, b["codes"].shape, generator=torch.Generator().manual_seed(1))
+
+    def logits0(codes):
+        torch.manual_seed(0)  # the same hiding draw for both code tensors
+        return model(b["tokens"], b["tok_word"], b["n_words"], codes, b["frame_word"], b["frame_pos"])[0][..., 0, :]
+
+    assert torch.allclose(logits0(b["codes"]), logits0(other), atol=1e-6)
+    model.eval()
+    assert not torch.allclose(logits0(b["codes"]), logits0(other), atol=1e-4)
+
+
 def test_hidden_conditioning_reads_the_frozen_thinker():
     """cond='hidden': the Thinker's last hidden states replace the token embeddings; the Thinker stays frozen."""
     from omni.thinker import Thinker, ThinkerConfig
