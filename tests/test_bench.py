@@ -1,6 +1,7 @@
 """The benchmark: it runs at toy size and prints every column with positive figures; its FLOP count of
 one small Thinker matches a count by hand; its errors are one clear line."""
 import json
+import os
 
 import pytest
 import torch
@@ -54,3 +55,12 @@ def test_flops_match_hand_count(loss_chunk):
         model(idx, tgt)[1].backward()
 
     assert bench.count_flops(step) == expected
+
+
+def test_threads_zero_means_every_core_we_may_use(monkeypatch):
+    from omni.trainer import cpu_threads
+
+    assert cpu_threads(3) == 3  # an explicit train.threads wins
+    assert cpu_threads(0) == 1  # the test fixture sets OMP_NUM_THREADS=1, as a shared machine should
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads(0) == len(os.sched_getaffinity(0))
