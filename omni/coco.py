@@ -22,8 +22,8 @@ import random
 import sys
 from pathlib import Path
 
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 
 
 def read_coco(captions: Path, images: Path) -> tuple[list[dict], dict[str, int]]:

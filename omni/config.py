@@ -121,6 +121,22 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     return data
 
 
+def writable_dir(p: str | Path, what: str = "--out") -> Path:
+    """Create folder `p` (under the repository root if relative) and check that files can be
+    written in it; a folder that cannot be is one clear line (a UserError), not a traceback
+    halfway through a data build."""
+    d = repo_path(p)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{what} {p}: cannot write there ({e.strerror or type(e).__name__}); "
+                        "choose a folder you can write to") from None
+    return d
+
+
 def parse_args(cls, argv: list[str] | None = None, debug: dict | None = None):
     """Build a `cls` config from the defaults, `--config FILE`, `--debug` and `--key=value` flags."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 
 
 def read_transcripts(root: Path) -> list[dict]:

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 from omni.speech_data import normalize, word_starts
 from omni.tts import parse_voice, synthesize_with_words
 

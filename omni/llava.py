@@ -27,8 +27,8 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 
 
 def convert(entry, images: Path, out_dir: Path) -> dict:

@@ -24,8 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from omni.config import UserError, read_json
-from omni.paths import ROOT, repo_path, writable_dir
+from omni.config import UserError, read_json, writable_dir
+from omni.paths import ROOT, repo_path
 from omni.pipeline import STAGES
 
 

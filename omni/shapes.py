@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=48, help="picture side in pixels")
     p.add_argument("--family", type=int, default=4, help="training pictures per family (base + edits)")
     a = p.parse_args(argv)
-    from omni.paths import repo_path, writable_dir
+    from omni.config import writable_dir
+    from omni.paths import repo_path
     writable_dir(a.out)  # a folder that cannot be written is one line before any picture is drawn
     t0 = time.time()
     counts = build(repo_path(a.out), a.n_train, a.n_val, a.n_test, a.seed, a.image_size, a.family)

@@ -47,8 +47,8 @@ from pathlib import Path
 import soundfile as sf
 
 from omni import shapes
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 from omni.text_data import CHAPTER_RE, paragraphs
 from omni.tts import Voice, WordEvent, english_accents, parse_voice, synthesize, synthesize_with_words, voice_variants
 

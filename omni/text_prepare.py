@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omni.config import UserError
-from omni.paths import repo_path, writable_dir
+from omni.config import UserError, writable_dir
+from omni.paths import repo_path
 from omni.text_data import TOKEN_DTYPE
 from omni.tokenizer import EOS_ID, Tokenizer, file_sha256, train_tokenizer
 

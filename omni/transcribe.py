@@ -30,9 +30,9 @@ import numpy as np
 import soundfile as sf
 
 from omni.audio import load_audio
-from omni.config import UserError
+from omni.config import UserError, writable_dir
 from omni.metrics import cer, wer
-from omni.paths import repo_path, writable_dir
+from omni.paths import repo_path
 from omni.recogniser import Recogniser, load_recogniser
 
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")  # flite's built-in voices (`flite -lv`); kal is 8 kHz
