@@ -6,9 +6,10 @@ restores the 100 Hz detail); Griffin-Lim turns log-mel into a waveform. It is ju
 reconstruction error, bitrate, codebook usage and by the stage B recogniser's character error
 rate on held-out image-world sentences: original clip, mel -> vocoder only, and the full codec.
 Phase "talker": a Talker (a small autoregressive transformer) writes the frozen codec's codes from the
-frozen Thinker's tokens, word by word along eSpeak's word timings, and says by itself when a word and
-the sentence end. It is judged by teacher-forced code accuracy and by free generation of held-out
-sentences: the share that end by themselves, their duration, and the recogniser's CER.
+frozen Thinker's tokens, word by word along eSpeak's word timings, and predicts how long each word
+lasts, so it knows by itself when a word and the sentence end. It is judged by teacher-forced code
+accuracy, word-duration error and by free generation of held-out sentences: the share that end by
+themselves, their duration, and the recogniser's CER.
 
     python -m omni.speech_data --out data/voice_tiny --voice en-us+m1    # one voice, 1-2 minutes
     python train_talker.py --config configs/codec_tiny.json              # the codec, ~2 minutes
@@ -233,9 +234,10 @@ def talker_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, mod
     run_dir = repo_path(cfg.train.out_dir)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     acc = " ".join(f"{final.get(f'test_acc{k}', float('nan')):.1%}" for k in range(cfg.talker.n_codebooks))
-    line = (f"held-out: teacher-forced code accuracy per codebook {acc} | boundaries "
-            f"{final.get('test_acc_boundary', float('nan')):.1%} | free generation on {cfg.data.eval_source or 'all'} "
-            f"test sentences: {final.get('gen_ended', float('nan')):.0%} ended by themselves, duration "
+    line = (f"held-out: teacher-forced code accuracy per codebook {acc} | word durations off by "
+            f"{final.get('test_dur_mae', float('nan')):.2f} frames | free generation on "
+            f"{cfg.data.eval_source or 'all'} test sentences: {final.get('gen_ended', float('nan')):.0%} ended by "
+            f"themselves, duration "
             f"{final.get('gen_dur_ratio', float('nan')):.2f}x the original "
             f"({final.get('gen_dur_ratio_min', float('nan')):.2f}-{final.get('gen_dur_ratio_max', float('nan')):.2f})"
             f", real-time factor {final.get('gen_rtf', float('nan')):.3f}")

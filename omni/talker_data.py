@@ -145,22 +145,24 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
 
 
 def collate(s: TalkerSet, ids: list[int]) -> dict:
-    """Clips `ids` as one right-padded batch. Padding: token 0 / word -1, codes 0, mask False."""
+    """Clips `ids` as one right-padded batch. Padding: token 0 / word -1, codes 0, mask False, duration 0.
+    durations (B, W): frames of each word (eSpeak's timings), the duration model's targets."""
     B = len(ids)
     N = max(len(s.tokens[i]) for i in ids)
     T = max(len(s.codes[i]) for i in ids)
     K = s.codes[ids[0]].size(1)
+    W = max(int(s.tok_word[i].max()) + 1 for i in ids)
     b = {"tokens": torch.zeros(B, N, dtype=torch.long), "tok_word": torch.full((B, N), -1),
          "n_words": torch.zeros(B, dtype=torch.long), "codes": torch.zeros(B, T, K, dtype=torch.long),
          "frame_word": torch.zeros(B, T, dtype=torch.long), "frame_pos": torch.zeros(B, T, dtype=torch.long),
-         "boundary": torch.zeros(B, T), "mask": torch.zeros(B, T, dtype=torch.bool)}
+         "durations": torch.zeros(B, W, dtype=torch.long), "mask": torch.zeros(B, T, dtype=torch.bool)}
     for r, i in enumerate(ids):
         n, t = len(s.tokens[i]), len(s.codes[i])
-        pos, ends = positions_and_ends(s.tracks[i])
-        b["tokens"][r, :n], b["tok_word"][r, :n] = s.tokens[i], s.tok_word[i]
-        b["n_words"][r] = int(s.tok_word[i].max()) + 1
+        pos, _ = positions_and_ends(s.tracks[i])
+        w = int(s.tok_word[i].max()) + 1
+        b["tokens"][r, :n], b["tok_word"][r, :n], b["n_words"][r] = s.tokens[i], s.tok_word[i], w
         b["codes"][r, :t], b["frame_word"][r, :t], b["frame_pos"][r, :t] = s.codes[i], s.tracks[i], pos
-        b["boundary"][r, :t], b["mask"][r, :t] = ends, True
+        b["durations"][r, :w], b["mask"][r, :t] = torch.bincount(s.tracks[i], minlength=w), True
     return b
 
 

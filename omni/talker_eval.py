@@ -2,10 +2,10 @@
 
 Two kinds of measurement:
 - teacher-forced: the Talker sees the true codes of earlier frames and the true word track, and
-  we count how often its most likely code is the codec's code, per codebook, and how often it
-  places the word boundaries right. Cheap, and it moves at every step of training.
+  we count how often its most likely code is the codec's code, per codebook, and how far its
+  predicted word durations are from eSpeak's (frames). Cheap, and it moves at every step of training.
 - free generation: the Talker speaks each sentence on its own (its own codes, its own word
-  boundaries), as `python -m omni.say` does. We count the share of sentences that end by
+  durations), as `python -m omni.say` does. We count the share of sentences that end by
   themselves within max_len_ratio x the original's length, the duration ratio against eSpeak's
   original, the real-time factor, and the stage B recogniser's CER on the Talker's speech
   (codes -> codec decoder -> Griffin-Lim -> judge) next to its CER on the eSpeak original of the
@@ -24,7 +24,7 @@ from omni.speech_eval import judge_speech
 from omni.talker import Talker, generate, talker_loss
 from omni.talker_data import FRAME_RATE, TalkerSet, collate
 
-FIELDS = ("tokens", "tok_word", "n_words", "codes", "frame_word", "frame_pos")
+FIELDS = ("tokens", "tok_word", "n_words", "codes", "frame_word", "frame_pos", "durations")
 
 
 def in_batches(ids: list[int], lengths: list[int], size: int) -> list[list[int]]:
@@ -35,7 +35,7 @@ def in_batches(ids: list[int], lengths: list[int], size: int) -> list[list[int]]
 
 @torch.no_grad()
 def teacher_forced(model: Talker, s: TalkerSet, ids: list[int], batch: int = 32) -> dict:
-    """Loss and accuracies (per codebook, boundary) of held-out clips `ids`, weighted by frames."""
+    """Loss, accuracies per codebook and word-duration error of held-out clips `ids`, weighted by frames."""
     device = next(model.parameters()).device
     sums, frames = {}, 0
     for part in in_batches(ids, s.lengths, batch):
@@ -45,7 +45,7 @@ def teacher_forced(model: Talker, s: TalkerSet, ids: list[int], batch: int = 32)
         for k, v in {"loss": loss, **stats}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * n
         frames += n
-    return {k: v / frames for k, v in sums.items() if k != "bce"}
+    return {k: v / frames for k, v in sums.items() if k != "dur_mse"}
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ import torch
 
 from omni.codec import Codec, CodecConfig
 from omni.paths import ROOT
-from omni.talker import Talker, TalkerConfig, generate, talker_loss
+from omni.talker import Talker, TalkerConfig, generate, place_in_word, talker_loss
 from omni.talker_data import TalkerSet, batch_order, collate, frame_track, positions_and_ends
+from omni.talker_eval import FIELDS
 from omni.tokenizer import train_tokenizer
 from omni.tts import synthesize
 from tests.conftest import assert_resume_exact
@@ -58,21 +59,19 @@ def test_frame_track_from_word_times():
 def test_shapes_and_loss_mask_ignores_padding():
     s, model = toy_set(), tiny_talker().eval()  # eval: no history dropout, so two passes are comparable
     batch = collate(s, [0, 1, 2])
-    logits, boundary = model(batch["tokens"], batch["tok_word"], batch["n_words"], batch["codes"],
-                             batch["frame_word"], batch["frame_pos"])
-    T = batch["codes"].size(1)
-    assert logits.shape == (3, T, K, C) and boundary.shape == (3, T)
-    loss, stats = talker_loss(logits, boundary, batch, model.cfg)
-    assert loss.ndim == 0 and {"acc0", f"acc{K - 1}", "acc_boundary"} <= set(stats)
+    logits, log_dur = model(*(batch[k] for k in FIELDS))
+    T, W = batch["codes"].size(1), int(batch["n_words"].max())
+    assert logits.shape == (3, T, K, C) and log_dur.shape == (3, W + 1)  # every word, then the end slot
+    assert batch["durations"].sum(1).tolist() == batch["mask"].sum(1).tolist()  # every frame in one word
+    loss, stats = talker_loss(logits, log_dur, batch, model.cfg)
+    assert loss.ndim == 0 and {"acc0", f"acc{K - 1}", "dur_mae"} <= set(stats)
     # Garbage in the padded frames must change nothing: not the loss, not the real frames' logits.
     noisy = {k: v.clone() for k, v in batch.items()}
     pad = ~batch["mask"]
     assert pad.any(), "the toy batch should need padding"
     noisy["codes"][pad] = C - 1
-    noisy["boundary"][pad] = 1.0
-    logits2, boundary2 = model(noisy["tokens"], noisy["tok_word"], noisy["n_words"], noisy["codes"],
-                               noisy["frame_word"], noisy["frame_pos"])
-    loss2, _ = talker_loss(logits2, boundary2, noisy, model.cfg)
+    logits2, log_dur2 = model(*(noisy[k] for k in FIELDS))
+    loss2, _ = talker_loss(logits2, log_dur2, noisy, model.cfg)
     assert torch.allclose(loss, loss2, atol=1e-6)
     assert torch.allclose(logits[batch["mask"]], logits2[batch["mask"]], atol=1e-5)
 
@@ -80,8 +79,7 @@ def test_shapes_and_loss_mask_ignores_padding():
 def test_gradients_reach_every_trained_part_but_not_the_thinker_table():
     model = tiny_talker()
     batch = collate(toy_set(), [0, 1])
-    loss, _ = talker_loss(*model(*(batch[k] for k in ("tokens", "tok_word", "n_words", "codes", "frame_word",
-                                                       "frame_pos"))), batch, model.cfg)
+    loss, _ = talker_loss(*model(*(batch[k] for k in FIELDS)), batch, model.cfg)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
@@ -97,7 +95,7 @@ def test_history_dropout_hides_the_past_in_training_only():
 
     def logits0(codes):
         torch.manual_seed(0)  # the same hiding draw for both code tensors
-        return model(b["tokens"], b["tok_word"], b["n_words"], codes, b["frame_word"], b["frame_pos"])[0][..., 0, :]
+        return model(*(codes if k == "codes" else b[k] for k in FIELDS))[0][..., 0, :]
 
     assert torch.allclose(logits0(b["codes"]), logits0(other), atol=1e-6)
     model.eval()
@@ -114,42 +112,82 @@ def test_hidden_conditioning_reads_the_frozen_thinker():
                        n_codebooks=K, codebook_size=C, cond="hidden")
     model = Talker(cfg, thinker.tok_emb.weight, thinker)
     b = collate(toy_set(), [0, 1])
-    states = model.word_states(b["tokens"], b["tok_word"], b["n_words"])
+    states = model.encode_text(b["tokens"], b["tok_word"], b["n_words"])["states"]
     embed = Talker(TalkerConfig(**{**cfg.__dict__, "cond": "embed"}), thinker.tok_emb.weight)
     embed.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("thinker.")})
-    assert not torch.allclose(states, embed.word_states(b["tokens"], b["tok_word"], b["n_words"]))
+    assert not torch.allclose(states, embed.encode_text(b["tokens"], b["tok_word"], b["n_words"])["states"])
     assert not any(p.requires_grad for p in model.thinker.parameters())
 
 
 def test_cached_generation_equals_a_full_forward():
     """Generate with the KV cache, then run the teacher-forced forward on what was generated, with the
-    same word tracks: the codebook-0 and boundary logits must agree frame by frame."""
+    same word tracks and durations: the codebook-0 logits must agree frame by frame."""
     model = tiny_talker(seed=1, temperature=1.0, top_k=0).eval()
     batch = collate(toy_set(), [0, 1, 2])
     out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([12, 12, 12]),
                    generator=torch.Generator().manual_seed(0), return_logits=True)
-    logits, boundary = model(batch["tokens"], batch["tok_word"], batch["n_words"], out["codes"],
-                             out["frame_word"], out["frame_pos"])
+    logits, _ = model(batch["tokens"], batch["tok_word"], batch["n_words"], out["codes"],
+                      out["frame_word"], out["frame_pos"], out["durations"])
     T = out["codes"].size(1)
     assert T >= 2
     for r in range(3):
         n = int(out["lengths"][r])  # after a row stops, its later frames are not part of its speech
         assert torch.allclose(out["logits"][r, :n], logits[r, :n, 0], atol=1e-4)
-        assert torch.allclose(out["boundary"][r, :n], boundary[r, :n], atol=1e-4)
+        if out["ended"][r]:  # each word lasted exactly its predicted frames
+            assert n == int(out["durations"][r].sum())
+            per_word = torch.bincount(out["frame_word"][r, :n]).tolist()
+            assert per_word == out["durations"][r, :batch["n_words"][r]].tolist()
 
 
-def test_end_of_speech_stops_generation():
+def test_predicted_durations_drive_words_and_the_end_of_speech():
     model = tiny_talker()
     batch = collate(toy_set(), [0, 1])
+    last = model.duration[-1]
     with torch.no_grad():
-        model.boundary.bias.fill_(50.0)  # "the word ends here" on every frame
+        last.weight.zero_()
+        last.bias.fill_(0.0)  # log duration 0: one frame a word
     out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([40, 40]))
     assert out["ended"].all()
     assert out["lengths"].tolist() == batch["n_words"].tolist()  # one frame a word, then the end
     with torch.no_grad():
-        model.boundary.bias.fill_(-50.0)  # never ends: the cap stops it and it counts as "did not end"
+        last.bias.fill_(torch.tensor(3.0).log().item())  # three frames a word
+    out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([40, 40]))
+    assert out["ended"].all() and out["lengths"].tolist() == (3 * batch["n_words"]).tolist()
+    assert out["frame_pos"][0, :6].tolist() == [0, 1, 2, 0, 1, 2]
+    with torch.no_grad():
+        last.bias.fill_(5.0)  # 148 frames a word: the cap stops it and it counts as "did not end"
     out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([7, 9]))
     assert not out["ended"].any() and out["lengths"].tolist() == [7, 9]
+
+
+def test_each_frame_knows_its_place_in_the_word():
+    """A word of 6 frames and 3 tokens (ids 10, 11, 12): frames 0-1 read token 10, 2-3 token 11, 4-5
+    token 12, and the relative position runs through 4 buckets; the word's length changes the bucket."""
+    k, n = torch.arange(6)[None], torch.full((1, 6), 6)
+    rel, tok = place_in_word(k, n, torch.full((1, 6), 10), torch.full((1, 6), 3), bins=4)
+    assert tok.tolist() == [[10, 10, 11, 11, 12, 12]] and rel.tolist() == [[0, 0, 1, 2, 2, 3]]
+    model = tiny_talker().eval()
+    b = collate(toy_set(), [0])
+    text = model.encode_text(b["tokens"], b["tok_word"], b["n_words"])
+    k = torch.tensor([[1]])
+    short, long = (model.frame_condition(text, torch.zeros_like(k), k, torch.tensor([[n]]), b["n_words"])
+                   for n in (2, 12))
+    assert not torch.allclose(short, long)  # frame 1 of 2 is the word's end, frame 1 of 12 its start
+
+
+def test_the_duration_model_learns_word_lengths():
+    """A few Adam steps on one toy batch: the predicted word lengths approach eSpeak's (3-6 frames)."""
+    model = tiny_talker()
+    b = collate(toy_set(), [0, 1, 2])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    maes = []
+    for _ in range(60):
+        loss, stats = talker_loss(*model(*(b[k] for k in FIELDS)), b, model.cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        maes.append(float(stats["dur_mae"]))
+    assert maes[-1] < 0.5 * maes[0] and maes[-1] < 1.0
 
 
 def test_batches_are_a_pure_function_of_seed_and_epoch():
@@ -203,7 +241,7 @@ def test_train_talker_debug_runs_end_to_end_and_say_speaks(tmp_path, stage_d):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "10 clips for the Talker" in r.stdout and "ended by themselves" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"loss", "test_acc0", "test_acc1", "test_acc_boundary", "gen_ended", "gen_dur_ratio"} <= set(metrics)
+    assert {"loss", "test_acc0", "test_acc1", "test_dur_mae", "gen_ended", "gen_dur_ratio"} <= set(metrics)
     assert 0 <= metrics["gen_ended"] <= 1 and metrics["gen_dur_ratio"] <= 2.0 + 1e-6  # the cap is 2x the original
     assert (out / "talker_0.wav").is_file() and (out / "talker_spectrograms.png").is_file()
     state = torch.load(out / "best.pt", weights_only=True)
