@@ -61,12 +61,19 @@ class OmniDataConfig:
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
     samples: int = 3  # test answers printed at each evaluation
     question_first: bool = False  # the question (typed or spoken) before the picture, not after it
+    batch_scale: dict[str, int] = field(default_factory=dict)  # rows of a kind's micro-batch, in train.batch_size
+    # units (missing = 1): image questions are short rows, so more of them cost what one batch of long turns does
+
 
     def __post_init__(self):
         bad = sorted(set(self.shares) - set(KINDS))
         if bad or not any(v > 0 for v in self.shares.values()) or min(self.shares.values(), default=0) < 0:
             raise ValueError(f"OmniDataConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, "
                              f"at least one > 0; got {self.shares}")
+        bad = {k: v for k, v in self.batch_scale.items() if k not in KINDS or not isinstance(v, int) or v < 1}
+        if bad:
+            raise ValueError(f"OmniDataConfig.batch_scale: kinds are {', '.join(KINDS)} with whole multiples >= 1; "
+                             f"got {bad}")
 
 
 def question_kind(q: str) -> str:
@@ -198,10 +205,11 @@ class OmniData:
         return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None
 
     def batch(self, i: int):
-        """Micro-batch i: one kind drawn by the shares, then B turns of it; a pure function of i."""
+        """Micro-batch i: one kind drawn by the shares, then B x batch_scale[kind] turns of it; a pure
+        function of i."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         kind = self.kinds[int(torch.multinomial(self.p, 1, generator=g))]
-        turns = [self.turn(kind, g) for _ in range(self.B)]
+        turns = [self.turn(kind, g) for _ in range(self.B * self.cfg.batch_scale.get(kind, 1))]
         return (*collate([(ids, m) for ids, m, _, _ in turns], self.t.tok.pad_id),
                 self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1))
 

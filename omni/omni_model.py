@@ -42,7 +42,9 @@ class OmniModel(nn.Module):
         self.thinker = Thinker(thinker)
         self.vision = VisionEncoder(vision)
         self.audio = AudioEncoder(audio)
-        self.projectors = nn.ModuleDict({"image": Projector(vision.width, thinker.d_model, projector),
+        self.image_tokens = vision.grid ** 2 // 4 if vision.merge_dim else vision.grid ** 2  # per picture
+        n_pos = self.image_tokens if projector.image_pos else 0
+        self.projectors = nn.ModuleDict({"image": Projector(vision.width, thinker.d_model, projector, n_pos),
                                          "audio": Projector(audio.d_model, thinker.d_model, projector)})
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
 
@@ -61,7 +63,9 @@ class OmniModel(nn.Module):
         """x (B, T) ids with placeholders; image_feats (N_img, d_vision) and audio_feats (N_aud, d_audio):
         every frame of the batch in order. Returns the spliced embeddings (B, T, d_model)."""
         e = self.thinker.embed_tokens(x)
-        e = splice(e, x, self.image_id, self.projectors["image"](image_feats), "image")
+        n, d = self.image_tokens, image_feats.shape[-1]  # every picture has n frames, in cell order
+        image = self.projectors["image"](image_feats.view(-1, n, d)).flatten(0, 1)  # (N_img, d_model)
+        e = splice(e, x, self.image_id, image, "image")
         return splice(e, x, self.audio_id, self.projectors["audio"](audio_feats), "audio")
 
     def forward(self, x, y, loss_mask, image_feats, audio_feats):
@@ -118,6 +122,8 @@ def from_stages(thinker_path: str, tokenizer_path: str, audio_path: str, vision_
                         f"vocab_size {inherited['thinker']['vocab_size']}; use the tokenizer of that stage A run")
     model, template = build(inherited, projector, tok)
     load_weights(model.thinker, a["model"], f"{thinker_path} (stage A)")
+    for proj in model.projectors.values():  # projected frames start at the size of a token embedding
+        proj.match(model.thinker.tok_emb.weight)
     load_weights(model.audio, _sub(b["model"], "encoder."), f"{audio_path} (stage B)")
     load_weights(model.vision, _sub(c["model"], "vision."), f"{vision_path} (stage C)")
     ctc = AudioCTC(model.audio.cfg)
@@ -142,6 +148,7 @@ def load_omni(path: str) -> tuple[OmniModel, ChatTemplate, FrontEndConfig, dict]
     cfg = state["config"]
     inherited = cfg["inherited"]
     tok = Tokenizer(repo_path(cfg["init"]["tokenizer"]))
-    model, template = build(inherited, from_dict(ProjectorConfig, cfg["projector"], str(path)), tok)
+    projector = {"out_norm": False, "image_pos": False, **cfg["projector"]}  # runs from before these had neither
+    model, template = build(inherited, from_dict(ProjectorConfig, projector, str(path)), tok)
     load_weights(model, state["model"], str(path))
     return model.eval(), template, from_dict(FrontEndConfig, inherited["front_end"], str(path)), cfg

@@ -14,6 +14,7 @@ from omni.audio_encoder import AudioCTC, AudioEncoderConfig
 from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice
 from omni.clip import CLIP, ClipConfig, TextConfig
 from omni.paths import ROOT
+from omni.projector import Projector, ProjectorConfig
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import train_tokenizer
 from omni.vision import VisionConfig
@@ -67,6 +68,52 @@ def test_splice_puts_features_exactly_at_the_placeholders(world):
     assert torch.equal(out[keep], embeds[keep])  # every other position is untouched
     with pytest.raises(ValueError, match="6 audio placeholder tokens but 5 audio feature frames"):
         splice(embeds, ids, t.audio_id, audio[:5], "audio")
+
+
+def test_projector_output_stays_at_the_token_embeddings_scale():
+    """Whatever the encoder's scale or the MLP's weights, a projected frame's root mean square is the
+    embedding table's (the gain `match` sets); without out_norm a loud MLP passes its loudness on."""
+    torch.manual_seed(0)
+    table = torch.randn(100, 16) * 0.04  # an embedding table (vocab, d_model), rms ~0.04
+    rms = table.pow(2).mean().sqrt()
+    for out_norm in (True, False):
+        p = Projector(8, 16, ProjectorConfig(hidden=12, out_norm=out_norm))
+        p.match(table)
+        with torch.no_grad():
+            p.down.weight.mul_(1000)  # what a long projector-only phase did to the raw MLP
+            y = p(torch.randn(5, 3, 8) * 50)  # (5, 3, d_model)
+        frame_rms = y.pow(2).mean(-1).sqrt()  # (5, 3)
+        if out_norm:
+            assert torch.allclose(frame_rms, rms.expand(5, 3), rtol=1e-3)
+        else:
+            assert frame_rms.min() > 100 * rms
+
+
+def test_image_projector_tells_the_cells_apart():
+    """The same features in two cells of a picture project to different embeddings only with a
+    position embedding; each cell k adds pos[k], the same in every picture."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8).expand(2, 9, 8)  # 2 pictures, 9 cells, all with the same features
+    with_pos = Projector(8, 16, ProjectorConfig(hidden=12), n_pos=9)
+    without = Projector(8, 16, ProjectorConfig(hidden=12, image_pos=False))
+    with torch.no_grad():
+        y, z = with_pos(x), without(x)  # (2, 9, 16)
+    assert torch.allclose(z, z[:, :1].expand_as(z))  # no positions: every cell looks the same
+    assert (y[:, 0] - y[:, 1]).abs().max() > 1e-3
+    assert torch.allclose(y - with_pos.pos, (y - with_pos.pos)[:, :1].expand_as(y), atol=1e-6)
+    assert torch.equal(y[0], y[1])
+
+
+def test_batch_scale_multiplies_the_rows_of_one_kind(world):
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what batch() reads; turns are stubs
+    d.cfg = omni_data.OmniDataConfig(shares={"image_qa": 1, "text": 1}, batch_scale={"image_qa": 3})
+    d.t, d.seed, d.B, d.kinds, d.p, d.dims = ChatTemplate(tok), 0, 2, ["image_qa", "text"], torch.ones(2), (4, 4)
+    d.turn = lambda kind, g: (*d.t.encode([("user", [kind])]), None, None)
+    sizes = {len(d.batch(i)[0]) for i in range(20)}
+    assert sizes == {2, 6}  # text batches of B rows, image question batches of 3 B
+    with pytest.raises(ValueError, match="batch_scale"):
+        omni_data.OmniDataConfig(batch_scale={"image": 2})
 
 
 def test_loss_mask_covers_the_assistant_tokens_only(world):
