@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -181,6 +182,11 @@ def main(cfg: VisionStageConfig) -> dict:
             for a, emb in prompt_emb.items():
                 labels = [shapes.attribute_labels(r["objects"])[a] for r in records]
                 out[f"{name}_{a}"] = clip.zero_shot_accuracy(img, emb, labels, scale.item())
+                if name == "test" and a in ("colour", "shape"):  # which unseen pairs fail, and as what
+                    pred = clip.zero_shot_predict(img, emb, scale.item())
+                    wrong = Counter(f"{r['objects'][0]['colour']} {r['objects'][0]['shape']} as {p}"
+                                    for r, p, y in zip(records, pred, labels) if y is not None and p != y)
+                    print(f"  test | {a} mistakes: {', '.join(f'{k} x{n}' for k, n in wrong.most_common()) or 'none'}")
             if name == "test":
                 for g in groups[:cfg.data.samples]:
                     top = (txt[g[0]] @ img[g].T).argmax().item()

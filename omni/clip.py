@@ -155,21 +155,27 @@ def retrieval_accuracy(img, txt, groups: list[list[int]]) -> dict[str, float]:
     return {"t2i": t2i / max(1, total), "i2t": i2t / max(1, total)}
 
 
-def zero_shot_accuracy(img, prompt_emb: dict[str, torch.Tensor], labels: list[str | None], scale: float) -> float:
+def zero_shot_predict(img, prompt_emb: dict[str, torch.Tensor], scale: float) -> list[str]:
     """Classify each picture with no training for the task: prompt_emb maps each class to the
     (k, E) embeddings of k captions that say it (e.g. every one-object caption with "red").
     The model's softmax over all prompts, summed per class, is p(class | picture); the best class
-    wins. labels: the true class of each picture, None to leave it out. Chance is 1/classes."""
+    wins. img: (n, E) -> n class names."""
     names = list(prompt_emb)
     prompts = torch.cat([prompt_emb[c] for c in names])  # (P, E)
     owner = torch.cat([torch.full((len(prompt_emb[c]),), k) for k, c in enumerate(names)]).to(img.device)
+    logp = torch.log_softmax(scale * img @ prompts.T, dim=1)  # (n, P)
+    per_class = torch.stack([logp[:, owner == k].logsumexp(1) for k in range(len(names))], 1)  # (n, classes)
+    return [names[k] for k in per_class.argmax(1).tolist()]
+
+
+def zero_shot_accuracy(img, prompt_emb: dict[str, torch.Tensor], labels: list[str | None], scale: float) -> float:
+    """The share of pictures zero_shot_predict gets right. labels: the true class of each picture,
+    None to leave it out. Chance is 1/classes."""
     keep = [i for i, y in enumerate(labels) if y is not None]
     if not keep:
         return float("nan")
-    logp = torch.log_softmax(scale * img[keep] @ prompts.T, dim=1)  # (n, P)
-    per_class = torch.stack([logp[:, owner == k].logsumexp(1) for k in range(len(names))], 1)  # (n, classes)
-    pred = per_class.argmax(1).tolist()
-    return sum(names[p] == labels[i] for p, i in zip(pred, keep)) / len(keep)
+    pred = zero_shot_predict(img[keep], prompt_emb, scale)
+    return sum(p == labels[i] for p, i in zip(pred, keep)) / len(keep)
 
 
 @torch.no_grad()
