@@ -43,7 +43,7 @@ class VisionDataConfig:
     candidates: int = 10  # N: retrieval picks the right one among N pictures/captions with distinct captions
     eval_images: int = 0  # pictures per held-out split at each evaluation (0 = all)
     samples: int = 2  # test captions printed with the picture the model retrieves, at each evaluation
-    recolour: float = 0.25  # share of each batch replaced by colour-edited copies of their neighbours (0-0.5)
+    recolour: float = 0.0  # share of each batch replaced by colour-edited copies of their neighbours (0-0.5)
 
     def __post_init__(self):
         if self.candidates < 2:
@@ -125,9 +125,9 @@ def main(cfg: VisionStageConfig) -> dict:
         rows = train["first"][ks] + (torch.rand(len(ks), generator=g) * span).long()
         images, ids, lengths = train["images"][ks], train["ids"][rows], train["lengths"][rows]
         texts = [train["texts"][r] for r in rows.tolist()]
-        # Colour hard negatives: families differ in a shape only, so nothing forced fine colour
-        # boundaries (yellow was read as orange). Some odd places j get a copy of picture j - 1 with
-        # one object repainted (never into a held-out pair), so both sit in one batch.
+        # Optional colour hard negatives (data.recolour; off in the tiny recipe, see chapter 5):
+        # families differ in one shape only. With it, some odd places j get a copy of picture j - 1
+        # with one object repainted (never into a held-out pair), so the two sit in one batch.
         rng = random.Random(f"{cfg.train.seed}/recolour/{i}")
         for j in range(1, len(ks), 2):
             objects = train["records"][ks[j - 1]].get("objects")
