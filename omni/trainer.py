@@ -238,6 +238,7 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
             t_log, units = time.time(), 0
         is_best = False
         if rt.is_main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            t_eval = time.time()
             metrics = evaluate()
             log.write({"kind": "eval", "step": step, **metrics})
             tqdm.write(f"eval step {step}: " + " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -245,7 +246,7 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
             if value is not None and ("value" not in best or
                                       (value < best["value"]) == (task.best_mode == "min")):
                 best, is_best = {"metric": task.best_metric, "value": value, "step": step}, True
-            t_log = time.time()  # evaluation time does not count against throughput
+            t_log += time.time() - t_eval  # evaluation time does not count against throughput
         if rt.is_main and (step % cfg.ckpt_every == 0 or step == stop or is_best):
             save(step)
             if is_best:
