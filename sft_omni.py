@@ -36,6 +36,7 @@ from omni.omni_model import from_stages, reply
 from omni.paths import repo_path
 from omni.projector import ProjectorConfig
 from omni.speech_data import normalize
+from omni.spoken_answers import score_spoken_answers, talker_ear
 from omni.trainer import Task, TrainConfig, fit
 
 ENCODERS = ("vision.", "audio.")
@@ -48,6 +49,7 @@ class InitConfig:
     tokenizer: str = "runs/thinker_tiny/tokenizer.model"  # stage A's tokenizer (its special tokens make the template)
     audio: str = "runs/audio_enc_tiny/best.pt"  # stage B checkpoint: the audio encoder (its CTC head is the reference)
     vision: str = "runs/vision_tiny/best.pt"  # stage C checkpoint: the vision encoder
+    talker: str = "runs/talker_tiny/best.pt"  # stage D Talker: speaks the test answers at the end ("" = not scored)
 
 
 @dataclass
@@ -129,6 +131,8 @@ def main(cfg: OmniStageConfig) -> dict:
         ref_cer = cer(asr_refs, hyps)
     print(f"references: stage A bits per byte {ref_bpb:.4f} on the held-out chapters; stage B CER "
           f"{ref_cer:.2%} on the same unseen-voice clips")
+    # the spoken answers: the stage D Talker says them, the stage B recogniser (init.audio) listens
+    hear = talker_ear(cfg.init.talker, cfg.init.audio) if cfg.init.talker else None
 
     # 4. What trains: the freeze plan of each phase is config data (lr_scale, 0 = frozen) ---------
     def count(plan: dict) -> int:
@@ -184,6 +188,15 @@ def main(cfg: OmniStageConfig) -> dict:
 
     # 6. Final evaluation and summary ------------------------------------------------------------
     final.update({"ref_bpb": ref_bpb, "ref_cer": ref_cer, "params": n_total, "phase1_seconds": phase1_seconds})
+    if hear is not None and "qa" in final:
+        said = score_spoken_answers([it["typed_answer"] for it in qa], hear)
+        final["spoken_answers"] = said["rate"]
+        wrong = [f"{a!r} -> {h!r}" for a, h in said["heard"].items() if a != h]
+        print(f"spoken answers: the Talker ({cfg.init.talker}) said {said['distinct']} distinct answers; the "
+              f"recogniser heard {final['spoken_answers']:.1%} of the {len(qa)} answers as said"
+              + (f" (misheard: {', '.join(wrong[:8])})" if wrong else ""))
+    elif "qa" in final:
+        print("spoken answers: not scored (init.talker is empty)")
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
     if "qa" in final:
         plot_answers(data.records["test"], qa, repo_path(cfg.data.shapes) / "test.jsonl", run_dir / "answers.png")
@@ -191,7 +204,9 @@ def main(cfg: OmniStageConfig) -> dict:
         kinds = ", ".join(f"{k} {final[f'qa_{k}']:.1%}" for k in ("count", "yesno") if f"qa_{k}" in final)
         print(f"held-out: typed {final['qa']:.1%}{spoken} over colour, shape, size, position ({kinds}) | "
               f"transcription CER {final['asr_cer']:.2%} (stage B {ref_cer:.2%}) | bits per byte {final['bpb']:.4f} "
-              f"(stage A {ref_bpb:.4f}) | {phase1_seconds + final['train_seconds']:.0f}s")
+              f"(stage A {ref_bpb:.4f})" + (f" | spoken answers {final['spoken_answers']:.1%} heard as said"
+                                            if "spoken_answers" in final else "")
+              + f" | {phase1_seconds + final['train_seconds']:.0f}s")
     return final
 
 

@@ -13,8 +13,11 @@ from omni import omni_data, shapes, speech_data
 from omni.audio_encoder import AudioCTC, AudioEncoderConfig
 from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice
 from omni.clip import CLIP, ClipConfig, TextConfig
+from omni.codec import Codec, CodecConfig
 from omni.paths import ROOT
 from omni.projector import Projector, ProjectorConfig
+from omni.spoken_answers import score_spoken_answers
+from omni.talker import Talker, TalkerConfig
 from omni.thinker import Thinker, ThinkerConfig
 from omni.tokenizer import train_tokenizer
 from omni.vision import VisionConfig
@@ -44,8 +47,19 @@ def world(tmp_path_factory):
                               ("B", AudioCTC(audio), {"model": dataclasses.asdict(audio), "audio": {}}),
                               ("C", clip, {"vision": dataclasses.asdict(vision)})):
         torch.save({"stage": stage, "model": model.state_dict(), "config": cfg}, d / f"stage_{stage}.pt")
+    # an untrained stage D (codec and Talker) to speak the answers: the chain runs, its score is near 0
+    codec = CodecConfig(channels=16, n_res=1, code_dim=8, n_codebooks=2, codebook_size=8)
+    torch.save({"stage": "D-codec", "config": {"codec": dataclasses.asdict(codec)}, "model": Codec(codec).state_dict()},
+               d / "codec.pt")
+    talker = TalkerConfig(codec=str(d / "codec.pt"), thinker=str(d / "stage_A.pt"),
+                          tokenizer=str(d / "tokenizer.model"), d_model=16, n_layer=1, n_head=2, text_layers=1,
+                          depth_d_model=16, n_codebooks=2,
+                          codebook_size=8, temperature=0, temperature_res=0, max_len_ratio=0.5)
+    table = torch.load(d / "stage_A.pt", weights_only=True)["model"]["tok_emb.weight"]
+    torch.save({"stage": "D-talker", "config": {"talker": dataclasses.asdict(talker), "audio": {}},
+                "model": Talker(talker, table).state_dict()}, d / "talker.pt")
     return [f"--init.thinker={d / 'stage_A.pt'}", f"--init.tokenizer={d / 'tokenizer.model'}",
-            f"--init.audio={d / 'stage_B.pt'}", f"--init.vision={d / 'stage_C.pt'}",
+            f"--init.audio={d / 'stage_B.pt'}", f"--init.vision={d / 'stage_C.pt'}", f"--init.talker={d / 'talker.pt'}",
             f"--data.shapes={d / 'shapes'}", f"--data.spoken={d / 'spoken'}", f"--data.speech={speech['train'].parent}",
             f"--data.corpus={d / 'corpus'}", "--data.eval_questions=0"], tok, d
 
@@ -133,7 +147,8 @@ def test_loss_mask_covers_the_assistant_tokens_only(world):
 def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, world):
     flags, _, d = world
     m = run_stage("sft_omni", tmp_path, *flags)
-    for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer"):
+    for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer",
+              "spoken_answers"):
         assert k in m and m[k] >= 0, k
     assert m["step"] == 6 and abs(m["ref_bpb"] - m["bpb"]) < 5
     for name in ("curves.png", "answers.png", "best.pt", "metrics.json", "phase1/latest.pt"):
@@ -162,6 +177,20 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
     assert "question heard as:" in r.stdout and "answer: " in r.stdout and "time to first word" in r.stdout
 
 
+def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
+    heard_as = {"purple": "purple", "top left": "top lift", "three": "three"}
+    asked = []
+
+    def hear(texts):  # a stand-in for Talker -> codec -> Griffin-Lim -> recogniser
+        asked.extend(texts)
+        return [heard_as[t].upper() + "." for t in texts]  # transcripts are normalised before comparing
+
+    s = score_spoken_answers(["purple", "Top left", "three", "purple", ""], hear)
+    assert sorted(asked) == ["purple", "three", "top left"]  # each distinct answer is spoken once
+    assert s["rate"] == 3 / 5 and s["distinct"] == 3 and s["heard"]["top left"] == "top lift"
+    assert score_spoken_answers(["", ""], hear)["rate"] == 0
+
+
 def test_resume_is_exact(tmp_path, world):
     assert_resume_exact("sft_omni", tmp_path, *world[0])
 
@@ -170,6 +199,7 @@ def test_resume_is_exact(tmp_path, world):
     ("init.vision", "nowhere/best.pt", "nowhere/best.pt: checkpoint not found"),
     ("init.vision", "stage_A.pt", "this is a stage A checkpoint (the Thinker); this command needs a stage C"),
     ("init.thinker", "stage_B.pt", "this is a stage B checkpoint (the audio encoder); this command needs a stage A"),
+    ("init.talker", "stage_B.pt", "this is a stage B checkpoint (the audio encoder); this command needs a stage D"),
     ("train.lr_scale", '{"audio.": 0}', "train.lr_scale: the encoders are frozen in stage E"),
 ])
 def test_a_missing_or_mismatched_stage_checkpoint_is_one_clear_line(tmp_path, world, key, value, message):

@@ -1,0 +1,51 @@
+"""Spoken answers: stage D's Talker says the Thinker's answers, stage B's recogniser listens.
+
+The last of stage E's metrics closes the loop of the omni model: a test picture, a question, the
+Thinker's text answer, then the Talker's speech of that answer (codes -> codec decoder ->
+Griffin-Lim), then the stage B recogniser's transcript of that speech. An answer counts as
+spoken back when the transcript is the answer's text, word for word (after the same
+normalisation as the transcripts: lower case, letters and spaces). The recogniser only listens;
+nothing in stage D or E trains against it.
+
+Answers in the shapes world come from a small set ("purple", "top left", "three", "yes", ...), and
+the Talker decodes greedily (talker.temperature 0 in configs/talker_tiny.json), so the same text
+always gives the same speech: each distinct answer is spoken and heard once, and every question
+with that answer shares the verdict. With a sampling Talker this is one draw per distinct answer.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from omni.speech_data import normalize
+
+
+def score_spoken_answers(answers: list[str], hear: Callable[[list[str]], list[str]]) -> dict:
+    """answers: the Thinker's text answer to each test question. hear: texts -> what the recogniser
+    heard when the Talker said each. Returns the share of answers heard as said ("rate"), the
+    number of distinct answers spoken, and {answer: heard} ("heard"). An empty answer is never heard."""
+    said = sorted({normalize(a) for a in answers} - {""})
+    heard = dict(zip(said, (normalize(h) for h in hear(said)))) if said else {}
+    right = [bool(normalize(a)) and heard[normalize(a)] == normalize(a) for a in answers]
+    return {"rate": sum(right) / max(1, len(right)), "distinct": len(said), "heard": heard}
+
+
+def talker_ear(talker: str, judge: str, gl_iters: int = 48, batch: int = 32) -> Callable[[list[str]], list[str]]:
+    """The chain Talker -> codec -> Griffin-Lim -> recogniser as one function of texts, from a stage D
+    Talker checkpoint and a stage B checkpoint (each a clear error when missing or of another stage)."""
+    from omni.recogniser import load_recogniser
+    from omni.say import load_talker, speak
+    from omni.speech_eval import judge_speech
+
+    model, tok, codec, _ = load_talker(talker)
+    recogniser = load_recogniser(judge)
+
+    def hear(texts: list[str]) -> list[str]:
+        g = torch.Generator().manual_seed(0)
+        mels = []
+        for j in range(0, len(texts), batch):
+            mels += speak(model, codec, tok, texts[j: j + batch], generator=g)["mels"]
+        return judge_speech(recogniser, mels, texts, gl_iters)["hyps"]
+
+    return hear
