@@ -17,6 +17,10 @@ training (TEST_VARIANTS), so the test asks about unseen pairs in unseen voices.
 
     python -m omni.omni_data --out data/omni_tiny          # ~1 minute on 2 cores
 
+With data.qa_turns > 1 a picture's row asks several of its questions in one conversation (the
+picture with the first, then user, assistant, user, assistant, ...), as LLaVA's instruction data
+does: one pass over the picture teaches several answers.
+
 Transcription turns come from stage B's speech set (data/speech_tiny), text turns from stage A's
 corpus. The encoders are frozen in stage E, so `OmniData` runs them once over all pictures and
 clips and keeps their features; `batch(i)` then only gathers tensors (a pure function of i).
@@ -61,6 +65,7 @@ class OmniDataConfig:
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
     samples: int = 3  # test answers printed at each evaluation
     question_first: bool = False  # the question (typed or spoken) before the picture, not after it
+    qa_turns: int = 1  # questions about one picture in one training conversation (user, assistant, user, ...)
     batch_scale: dict[str, int] = field(default_factory=dict)  # rows of a kind's micro-batch, in train.batch_size
     # units (missing = 1): image questions are short rows, so more of them cost what one batch of long turns does
 
@@ -70,6 +75,8 @@ class OmniDataConfig:
         if bad or not any(v > 0 for v in self.shares.values()) or min(self.shares.values(), default=0) < 0:
             raise ValueError(f"OmniDataConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, "
                              f"at least one > 0; got {self.shares}")
+        if self.qa_turns < 1:
+            raise ValueError(f"OmniDataConfig.qa_turns: must be >= 1, got {self.qa_turns}")
         bad = {k: v for k, v in self.batch_scale.items() if k not in KINDS or not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"OmniDataConfig.batch_scale: kinds are {', '.join(KINDS)} with whole multiples >= 1; "
@@ -141,6 +148,9 @@ class OmniData:
         self.images = {s: torch.cat([model.encode_images(im[j: j + 512]) for j in range(0, len(im), 512)])
                        for s, (_, im) in pics.items()}  # (N, 9, d_vision)
         self.qa = [(k, qa["q"], qa["a"]) for k, r in enumerate(self.records["train"]) for qa in r["questions"]]
+        self.first_qa = [0]  # self.qa[first_qa[k]:first_qa[k + 1]] are picture k's questions
+        for r in self.records["train"]:
+            self.first_qa.append(self.first_qa[-1] + len(r["questions"]))
         spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end)
                   for s in ("train", "test")} if cfg.shares.get("spoken_qa", 0) > 0 else {}
         self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features; {} = no spoken turns
@@ -182,13 +192,18 @@ class OmniData:
     def turn(self, kind: str, g: torch.Generator):
         pick = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
         if kind in ("image_qa", "spoken_qa"):
-            k, q, a = self.qa[pick(len(self.qa))]
-            img = self.images["train"][k]
-            if kind == "image_qa":
-                return *self.t.encode([("user", self.ask(img, q)), ("assistant", [a])]), img, None
-            clips = self.voices["train"][normalize(q)]
-            aud = clips[pick(len(clips))]
-            return *self.t.encode([("user", self.ask(img, (AUDIO, len(aud)))), ("assistant", [a])]), img, aud
+            k, _, _ = self.qa[pick(len(self.qa))]  # a picture, in proportion to its questions
+            first, n = self.first_qa[k], self.first_qa[k + 1] - self.first_qa[k]
+            chosen = torch.randperm(n, generator=g)[: self.cfg.qa_turns].tolist()
+            img, turns, clips = self.images["train"][k], [], []
+            for j, c in enumerate(chosen):  # the picture comes with the first question only
+                _, q, a = self.qa[first + c]
+                if kind == "spoken_qa":
+                    said = self.voices["train"][normalize(q)]
+                    clips.append(said[pick(len(said))])
+                    q = (AUDIO, len(clips[-1]))
+                turns += [("user", self.ask(img, q) if j == 0 else [q]), ("assistant", [a])]
+            return *self.t.encode(turns), img, torch.cat(clips) if clips else None
         if kind == "caption":
             k = pick(len(self.records["train"]))
             img = self.images["train"][k]

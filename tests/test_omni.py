@@ -130,6 +130,29 @@ def test_batch_scale_multiplies_the_rows_of_one_kind(world):
         omni_data.OmniDataConfig(batch_scale={"image": 2})
 
 
+def test_qa_turns_ask_several_questions_about_one_picture(world):
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what turn() reads for picture questions
+    d.cfg, d.t = omni_data.OmniDataConfig(qa_turns=3), ChatTemplate(tok)
+    d.records = {"train": [{"questions": [{"q": f"q{k}{j}?", "a": f"a{k}{j}"} for j in range(n)]}
+                           for k, n in enumerate((4, 2, 5))]}
+    d.qa = [(k, qa["q"], qa["a"]) for k, r in enumerate(d.records["train"]) for qa in r["questions"]]
+    d.first_qa = [0, 4, 6, 11]
+    d.images = {"train": torch.arange(3.0).view(3, 1, 1).expand(3, 9, 4)}  # picture k's frames are all k
+    d.voices = {"train": {omni_data.normalize(q): [torch.full((2 + int(q[1]), 4), 1.0)] for _, q, _ in d.qa}}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        ids, mask, img, _ = d.turn("image_qa", g)
+        k = int(img[0, 0])
+        text = tok.decode([i for i, m in zip(ids, mask) if m and i != d.t.im_end])
+        answers = [f"a{k}{j}" for j in range(len(d.records["train"][k]["questions"]))]
+        n = min(3, len(answers))
+        assert ids.count(d.t.image_id) == 9 and ids.count(d.t.im_end) == 2 * n  # the picture once, n turns
+        assert len(text.replace("a", " a").split()) == n and all(w in answers for w in text.replace("a", " a").split())
+        ids, mask, img, aud = d.turn("spoken_qa", g)
+        assert ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.image_id) == 9  # one clip per question
+
+
 def test_loss_mask_covers_the_assistant_tokens_only(world):
     _, tok, _ = world
     t = ChatTemplate(tok)
