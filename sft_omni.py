@@ -98,6 +98,8 @@ def main(cfg: OmniStageConfig) -> dict:
         torch.set_num_threads(cfg.train.threads)
     model, template, inherited, ctc = from_stages(cfg.init.thinker, cfg.init.tokenizer, cfg.init.audio,
                                                   cfg.init.vision, cfg.projector)
+    # the spoken answers: the stage D Talker says them, the stage B recogniser (init.audio) listens
+    hear = talker_ear(cfg.init.talker, cfg.init.audio) if cfg.init.talker else None
     for name, path in (("thinker", cfg.init.thinker), ("audio", cfg.init.audio), ("vision", cfg.init.vision)):
         print(f"inherited from {path}: " + " ".join(f"{k}={v}" for k, v in inherited[name].items()))
     model.eval()
@@ -131,8 +133,6 @@ def main(cfg: OmniStageConfig) -> dict:
         ref_cer = cer(asr_refs, hyps)
     print(f"references: stage A bits per byte {ref_bpb:.4f} on the held-out chapters; stage B CER "
           f"{ref_cer:.2%} on the same unseen-voice clips")
-    # the spoken answers: the stage D Talker says them, the stage B recogniser (init.audio) listens
-    hear = talker_ear(cfg.init.talker, cfg.init.audio) if cfg.init.talker else None
 
     # 4. What trains: the freeze plan of each phase is config data (lr_scale, 0 = frozen) ---------
     def count(plan: dict) -> int:

@@ -25,6 +25,7 @@ import torch
 
 from omni import config
 from omni.paths import repo_path
+from omni.shapes import world_lines
 from omni.text_data import (
     encode_stream,
     eval_windows,
@@ -42,6 +43,8 @@ from omni.trainer import Task, TrainConfig, fit
 class TextDataConfig:
     corpus: str = "data/austen"  # folder of UTF-8 .txt books (relative to the repository root)
     val_every: int = 10  # every n-th chapter of each book is held out for evaluation
+    world_lines: int = 0  # pictures of the shapes world whose captions, questions and answers join the
+    # tokenizer's training text (never the model's): later stages' words become whole tokens (0 = none)
     tokens: str = ""  # folder of token files from omni.text_prepare / omni.tinystories; "" = use data.corpus
     seq_len: int = 256  # tokens per training window (at most model.max_seq_len)
     eval_tokens: int = 0  # held-out tokens scored at each evaluation (0 = the whole held-out split)
@@ -93,7 +96,7 @@ def main(cfg: TextStageConfig) -> dict:
         if tok_path.exists() and not cfg.train.overwrite:
             tok = Tokenizer(tok_path)  # a resumed run must keep the ids it was trained with
         else:
-            tok = train_tokenizer(train_paras, tok_path, cfg.model.vocab_size)
+            tok = train_tokenizer(train_paras + world_lines(cfg.data.world_lines), tok_path, cfg.model.vocab_size)
         train_ids, val_ids = encode_stream(tok, train_paras), encode_stream(tok, val_paras)
         n_train, n_val = len(train_paras), len(val_paras)
     if tok.vocab_size != cfg.model.vocab_size:

@@ -60,6 +60,7 @@ class OmniDataConfig:
         "image_qa": 0.45, "caption": 0.1, "spoken_qa": 0.25, "asr": 0.1, "text": 0.1})  # micro-batches per kind
     asr_clips: int = 3000  # training clips of the speech set used for transcription turns (0 = all)
     text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
+    text_plain: bool = False  # text rows as plain prose, every token counted (stage A's own task), not a chat turn
     eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
     eval_clips: int = 100  # unseen-voice test clips transcribed at each evaluation (0 = all)
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
@@ -163,7 +164,7 @@ class OmniData:
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
         self.kinds = [k for k in KINDS if cfg.shares.get(k, 0) > 0]
-        self.p = torch.tensor([cfg.shares[k] for k in self.kinds])
+        self.p = torch.tensor([float(cfg.shares[k]) for k in self.kinds])
         self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
 
     def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0):
@@ -217,6 +218,8 @@ class OmniData:
         n = self.cfg.text_tokens
         start = pick(len(self.text_ids) - n)
         ids = self.text_ids[start: start + n].tolist()
+        if self.cfg.text_plain:  # replay of stage A: no template, the loss on every next token
+            return ids, [1] * n, None, None
         return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None
 
     def batch(self, i: int):

@@ -118,6 +118,18 @@ def questions(objects: list[dict], rng: random.Random, avoid_held_out: bool) -> 
     return qa
 
 
+def world_lines(n_pictures: int, seed: int = 0) -> list[str]:
+    """The text of n_pictures random training-style pictures (no held-out pair): each caption,
+    question and answer as a line. Stage A adds these to its tokenizer's training text, so that the
+    words the later stages read and speak ("triangle", "purple", "top left") are whole tokens."""
+    rng, lines = random.Random(seed), []
+    for _ in range(n_pictures):
+        objects = sample_objects(rng, must_hold_out=False)
+        lines.append(caption(objects))
+        lines += [line for qa in questions(objects, rng, avoid_held_out=True) for line in (qa["q"], qa["a"])]
+    return lines
+
+
 def attribute_prompts(n_count: int = 100, seed: int = 0) -> dict[str, dict[str, list[str]]]:
     """Prompts for zero-shot attribute tests, {attribute: {class: [captions]}}. The text encoder
     only ever reads full captions, so a class is described by many captions that agree on it and

@@ -102,3 +102,12 @@ def test_coco_missing_file_is_one_clear_line(tmp_path):
                         "--images", str(tmp_path), "--out", str(tmp_path / "o")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope.json: file not found" in r.stderr
+
+
+def test_world_lines_hold_captions_questions_and_answers_but_no_held_out_pair():
+    lines = shapes.world_lines(200, seed=3)
+    assert lines == shapes.world_lines(200, seed=3) and lines != shapes.world_lines(200, seed=4)
+    assert {"how many shapes are there?", "yes", "no"} <= set(lines)
+    assert sum(line.startswith("a ") for line in lines) == 200  # one caption a picture
+    for colour, shape in shapes.HELD_OUT:
+        assert not any(f"{colour} {shape}" in line for line in lines), (colour, shape)
