@@ -42,7 +42,7 @@ from omni.recogniser import load_recogniser
 from omni.say import build_talker
 from omni.speech_eval import judge_speech, plot_mels, write_samples
 from omni.talker import Talker, TalkerConfig, talker_loss
-from omni.talker_data import batch_order, collate, load_talker_set
+from omni.talker_data import batch_order, collate, load_talker_set, phoneme_vocab
 from omni.talker_eval import FIELDS, free_generation, teacher_forced
 from omni.tokenizer import Tokenizer
 from omni.trainer import Task, TrainConfig, fit
@@ -185,6 +185,12 @@ def talker_model(cfg: TalkerStageConfig, sets: dict[str, SpeechSet]) -> Talker:
     t.n_codebooks, t.codebook_size = codec.cfg.n_codebooks, codec.cfg.codebook_size
     train = sets["train"]
     t.frames_per_char = t.frames_per_char or sum(train.lengths) / HOP / sum(len(x) for x in train.texts)
+    if t.phoneme_weight > 0:
+        t.phonemes = t.phonemes or " ".join(phoneme_vocab(cfg.data.train))
+        if not t.phonemes:
+            raise config.UserError(f"talker.phoneme_weight > 0 needs eSpeak's phoneme events in {cfg.data.train}; "
+                                   "rebuild the voice set with `python -m omni.speech_data --voice ...`")
+        print(f"phoneme teacher: {len(t.phonemes.split())} classes, weight {t.phoneme_weight}")
     print(f"from {t.codec}: {t.n_codebooks} codebooks x {t.codebook_size} codes at {100 // HOP} Hz; "
           f"from {t.thinker}: the frozen token table ({t.cond}); {t.frames_per_char:.2f} frames per character")
     return build_talker(t)
@@ -193,8 +199,9 @@ def talker_model(cfg: TalkerStageConfig, sets: dict[str, SpeechSet]) -> Talker:
 def talker_task(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model: Talker) -> Task:
     t, d, B = cfg.talker, cfg.data, cfg.train.batch_size
     codec, tokenizer = load_codec(t.codec), Tokenizer(repo_path(t.tokenizer))
+    phonemes = t.phonemes.split() if t.phoneme_weight > 0 else None
     data = {name: load_talker_set(getattr(d, name), sets[name], cfg.audio, tokenizer, codec, t.codec,
-                                  keep_mels=name == "test") for name in ("train", "val", "test")}
+                                  keep_mels=name == "test", phonemes=phonemes) for name in ("train", "val", "test")}
     train = data["train"]
     if len(train) < B:
         raise config.UserError(f"{d.train}: {len(train)} clips with word timings, fewer than train.batch_size ({B})")

@@ -25,7 +25,8 @@ One voice (--voice ACCENT+VARIANT, stage D's voice to imitate): the same sentenc
 that voice alone, every sentence text (normalized) at most once in the whole set, so val and test
 sentences are never trained on; test is mostly image-world sentences (--test-world-share). Rows
 also hold "words": the start time in seconds of each word of `text.split()`, from eSpeak's own
-word events (the clip's end ends the last word). A clip whose events do not match its words one
+word events (the clip's end ends the last word), and "phonemes": eSpeak's phoneme events, [start
+in seconds, mnemonic] in order (the Talker's phoneme teacher). A clip whose events do not match its words one
 to one (eSpeak read something as two words, or skipped one) is left out and counted.
 
 Determinism: the same seed gives the same sentences, voices and audio. eSpeak keeps state from one
@@ -50,7 +51,7 @@ from omni import shapes
 from omni.config import UserError, writable_dir
 from omni.paths import repo_path
 from omni.text_data import CHAPTER_RE, paragraphs
-from omni.tts import Voice, WordEvent, english_accents, parse_voice, synthesize, synthesize_with_words, voice_variants
+from omni.tts import Voice, WordEvent, english_accents, parse_voice, synthesize, synthesize_timed, voice_variants
 
 # Variants that sound like a person (no robots, echoes, whispers or breath noise).
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Andy", "Denis", "Gene", "Jacky", "Mike",
@@ -239,12 +240,13 @@ def _speak_shard(args: tuple[list[dict], str]) -> list[dict]:
                "speaker": c["voice"].speaker_id, "source": c["source"]}
         if c.get("timed"):
             spoken = spoken_form(c["spoken"])
-            wav, events = synthesize_with_words(spoken, c["voice"])
+            wav, events, phonemes = synthesize_timed(spoken, c["voice"])
             row["words"] = word_starts(spoken, events, len(wav) / 16000)
             if row["words"] is None or normalize(spoken) != row["text"]:
                 rows.append({**row, "unmatched": spoken})
                 continue
             row["words"] = [round(t, 3) for t in row["words"]]
+            row["phonemes"] = [[round(p.start, 3), p.symbol] for p in phonemes]
         else:
             wav = synthesize(c["spoken"], c["voice"])
         rel = f"wav/{c['split']}_{c['index']:06d}.wav"
@@ -269,7 +271,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     if one:
         settings = {"seed": seed, "voice": one.speaker_id, "train": train, "val": val, "test": test,
                     "austen_share": austen_share, "test_world_share": test_world_share, "corpus": corpus,
-                    "shards": shards}
+                    "shards": shards, "events": "words+phonemes"}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     done = out_dir / "build.json"
     built = done.is_file() and json.loads(done.read_text()) == settings
@@ -290,7 +292,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     unmatched = [r for r in rows if "unmatched" in r]
     rows = [r for r in rows if "unmatched" not in r]
     for split in SPLITS:
-        keys = ("audio", "text", "speaker", "duration", "source") + (("words",) if one else ())
+        keys = ("audio", "text", "speaker", "duration", "source") + (("words", "phonemes") if one else ())
         part = [{k: r[k] for k in keys} for r in rows if r["split"] == split]
         paths[split].write_text("".join(json.dumps(r) + "\n" for r in part))
         hours = sum(r["duration"] for r in part) / 3600

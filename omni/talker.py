@@ -25,6 +25,9 @@ writes discrete speech codes, which a codec decoder and a vocoder turn into a wa
   multi-token prediction), teacher-forced in training. In generation the predicted durations move
   the Talker from word to word; moving past the last word is the end of speech, so generation
   stops by itself.
+- A phoneme teacher (optional, training only): a linear head reads each frame's state and predicts
+  the phoneme eSpeak was saying in that frame (its phoneme events), so the frame states must carry
+  which sound is being made; generation never uses it.
 - History dropout: in training, half the frames see the BOS vector instead of the previous
   frame's codes, so they must be predicted from the text (Tacotron's prenet dropout does the same
   job). Without it the Talker learns to continue the sound and says fluent but wrong words.
@@ -61,6 +64,9 @@ class TalkerConfig:
     dropout: float = 0.0  # dropout in the text encoder and frame transformer
     history_dropout: float = 0.5  # share of training frames that see BOS instead of the previous frame's codes
     duration_weight: float = 1.0  # weight of the log-duration MSE (per word) next to the code cross-entropies
+    code0_weight: float = 1.0  # weight of codebook 0's cross-entropy; each residual codebook weighs 1
+    phoneme_weight: float = 0.0  # weight of the per-frame eSpeak phoneme cross-entropy (0 = no phoneme head)
+    phonemes: str = ""  # the phoneme head's classes, space-separated ("" = read from the training set)
     gen_history: bool = True  # generation reads the previous frame's codes (False: BOS, as hidden training frames)
     temperature: float = 0.7  # sampling temperature of codebook 0 (0 = greedy)
     top_k: int = 20  # top-k of codebook 0 (0 = all codes)
@@ -78,6 +84,8 @@ class TalkerConfig:
                     "max_word_pos", "rel_bins", "max_frames"):
             if getattr(self, key) < 1:
                 raise ValueError(f"TalkerConfig.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.code0_weight <= 0:
+            raise ValueError(f"TalkerConfig.code0_weight: must be > 0, got {self.code0_weight}")
         if not 0 <= self.history_dropout < 1:
             raise ValueError(f"TalkerConfig.history_dropout: must be in [0, 1), got {self.history_dropout}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
@@ -134,6 +142,8 @@ class Talker(nn.Module):
         self.blocks = nn.ModuleList(Block(self.tcfg, i) for i in range(cfg.n_layer))
         self.norm_f = RMSNorm(d, 1e-5)
         self.head0 = nn.Linear(d, C, bias=False)
+        n_phon = len(cfg.phonemes.split())
+        self.phone_head = nn.Linear(d, n_phon) if cfg.phoneme_weight > 0 and n_phon else None
         # depth transformer over codebooks 1..K-1 of one frame (position j predicts codebook j + 1)
         dd = cfg.depth_d_model
         self.depth_in = nn.Linear(d, dd)
@@ -209,7 +219,8 @@ class Talker(nn.Module):
 
     def forward(self, tokens, tok_word, n_words, codes, frame_word, frame_pos, durations):
         """Teacher-forced pass. codes (B, T, K), frame_word / frame_pos (B, T), durations (B, W') frames
-        of each word (eSpeak's) -> (logits (B, T, K, C), predicted log durations (B, W))."""
+        of each word (eSpeak's) -> (logits (B, T, K, C), predicted log durations (B, W), phoneme logits
+        (B, T, P) or None without a phoneme head)."""
         B, T, K = codes.shape
         text = self.encode_text(tokens, tok_word, n_words)
         frame_len = durations.gather(1, frame_word.clamp(max=durations.size(1) - 1))  # (B, T)
@@ -227,12 +238,13 @@ class Talker(nn.Module):
         if K > 1:
             res = self.depth(h.reshape(B * T, -1), codes[..., :-1].reshape(B * T, K - 1))  # (B*T, K-1, C)
             logits = torch.cat([logits, res.view(B, T, K - 1, -1)], 2)
-        return logits, text["log_dur"]
+        return logits, text["log_dur"], None if self.phone_head is None else self.phone_head(h)
 
 
-def talker_loss(logits, log_dur, batch, cfg: TalkerConfig):
+def talker_loss(logits, log_dur, phones, batch, cfg: TalkerConfig):
     """Cross-entropy per codebook (mean over real frames) plus the MSE of the log word durations (mean
-    over real words); padding frames (mask 0) and words (duration 0) count nowhere. Returns (loss, stats
+    over real words) plus, with a phoneme head (phones (B, T, P)), the phoneme cross-entropy against
+    batch["phones"]; padding frames (mask 0) and words (duration 0) count nowhere. Returns (loss, stats
     with per-codebook accuracy and the mean absolute error of the rounded durations, in frames)."""
     mask = batch["mask"]  # (B, T) bool
     n = mask.sum().clamp(min=1)
@@ -246,12 +258,21 @@ def talker_loss(logits, log_dur, batch, cfg: TalkerConfig):
     pred, dur, real = log_dur[:, :W].float(), dur[:, :W], real[:, :W]
     n_w = real.sum().clamp(min=1)
     mse = (((pred - dur.clamp(min=1).log()) ** 2) * real).sum() / n_w
-    loss = ce_k.mean() + cfg.duration_weight * mse
+    w = torch.ones_like(ce_k)
+    w[0] = cfg.code0_weight  # codebook 0 carries most of what the judge hears (chapter 7)
+    loss = (w * ce_k).sum() / w.sum() + cfg.duration_weight * mse
+    if phones is not None:
+        target = batch["phones"].masked_fill(~mask, -1)  # (B, T), -1 = no phoneme
+        loss = loss + cfg.phoneme_weight * F.cross_entropy(phones.float().flatten(0, 1), target.flatten(),
+                                                           ignore_index=-1)
     with torch.no_grad():
         hit = (logits.argmax(-1) == codes) & mask[..., None]
         stats = {f"acc{k}": hit[..., k].sum() / n for k in range(K)}
         stats["dur_mae"] = ((frames_of(pred) - dur).abs() * real).sum() / n_w
         stats["dur_mse"] = mse.detach()
+        if phones is not None:
+            known = target >= 0
+            stats["phone_acc"] = ((phones.argmax(-1) == target) & known).sum() / known.sum().clamp(min=1)
     return loss, stats
 
 

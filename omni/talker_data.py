@@ -9,7 +9,10 @@ From it we make, once at start-up:
   every token belongs to one word and `tok_word` maps tokens to words exactly;
 - codes (T', K): the frozen codec's codes of the clip's log-mel (25 Hz: 4 mel frames a code frame);
 - frame_word (T',): which word each code frame belongs to, from the word start times rounded
-  to 40 ms frames (every word gets at least one frame, so the Talker never skips one).
+  to 40 ms frames (every word gets at least one frame, so the Talker never skips one);
+- phones (T',): with a phoneme vocabulary and rows that hold eSpeak's "phonemes" events, the class
+  of the phoneme sounding at the middle of each code frame (stress marks dropped; -1 = unknown),
+  the targets of the Talker's training-only phoneme head.
 The codes are cached beside the manifest (.cache/), keyed by the manifest, the front end and the
 codec checkpoint's bytes, like omni.audio's feature cache. Batches are drawn from length buckets
 (similar lengths share a batch, little padding), and `get_batch(i)` is a pure function of i.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -68,6 +71,26 @@ def positions_and_ends(track: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return torch.arange(T) - start_idx, ends
 
 
+def phoneme_class(symbol: str) -> str:
+    """eSpeak's mnemonic without its stress marks: "'O:" and ",O:" are both "O:"."""
+    return symbol.replace("'", "").replace(",", "") or "_"
+
+
+def phoneme_vocab(manifest: str) -> list[str]:
+    """The phoneme classes heard in a manifest's "phonemes" events, sorted (empty when it has none)."""
+    rows = read_manifest(repo_path(manifest))
+    return sorted({phoneme_class(sym) for r in rows for _, sym in r.get("phonemes") or []})
+
+
+def phone_track(events: list, n_frames: int, vocab: dict[str, int]) -> torch.Tensor:
+    """[[start s, mnemonic], ...] -> (n_frames,) class of the phoneme sounding at each frame's middle
+    (-1 before the first event or for a class not in vocab)."""
+    track = torch.full((n_frames,), -1, dtype=torch.long)
+    for start, sym in events:
+        track[max(0, round(start * FRAME_RATE)):] = vocab.get(phoneme_class(sym), -1)
+    return track
+
+
 @dataclass
 class TalkerSet:
     """The usable clips of one manifest, ready for batching."""
@@ -79,6 +102,7 @@ class TalkerSet:
     texts: list[str]
     sources: list[str]  # "world" / "austen" ("" when the manifest does not say)
     mels: list[torch.Tensor]  # per clip: (4 T_i, n_mels) original log-mel (with keep_mels, else empty)
+    phones: list[torch.Tensor] = field(default_factory=list)  # per clip: (T_i,) phoneme class (with a vocab)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -93,10 +117,11 @@ def _file_hash(path) -> str:
 
 
 def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tokenizer, codec, codec_path: str,
-                    keep_mels: bool = False) -> TalkerSet:
+                    keep_mels: bool = False, phonemes: list[str] | None = None) -> TalkerSet:
     """Tokens, frame tracks and codes of every usable clip of `speech` (the manifest's features, from
     omni.audio.load_speech_set); skipped clips are counted and reported. keep_mels: also keep the
-    original log-mel of each clip (held-out sets: the judge's CER on the originals)."""
+    original log-mel of each clip (held-out sets: the judge's CER on the originals). phonemes: the
+    phoneme classes of the Talker's phoneme head; every clip then needs eSpeak's "phonemes" events."""
     path = repo_path(manifest)
     rows = read_manifest(path)
     key = hashlib.sha1(json.dumps(asdict(audio), sort_keys=True).encode() + path.read_bytes()
@@ -115,6 +140,7 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
     # load_speech_set keeps the readable rows in manifest order: match them back by text to find "words"
     out = TalkerSet([], [], [], [], [], [], [])
     r, no_words, too_short = 0, 0, 0
+    vocab = {sym: i for i, sym in enumerate(phonemes or [])}
     for i, text in enumerate(speech.texts):
         while rows[r]["text"] != text:
             r += 1
@@ -136,6 +162,11 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
         out.sources.append(speech.sources[i])
         if keep_mels:
             out.mels.append(mels[i])
+        if vocab:
+            if not row.get("phonemes"):
+                raise UserError(f"{manifest}: a clip without eSpeak's phoneme events ('phonemes'), which "
+                                "talker.phoneme_weight > 0 needs; rebuild the voice set with omni.speech_data")
+            out.phones.append(phone_track(row["phonemes"], len(track), vocab))
     print(f"{manifest}: {len(out)} clips for the Talker; skipped {no_words} without word timings, "
           f"{too_short} with fewer frames than words")
     if not out.texts:
@@ -156,8 +187,12 @@ def collate(s: TalkerSet, ids: list[int]) -> dict:
          "n_words": torch.zeros(B, dtype=torch.long), "codes": torch.zeros(B, T, K, dtype=torch.long),
          "frame_word": torch.zeros(B, T, dtype=torch.long), "frame_pos": torch.zeros(B, T, dtype=torch.long),
          "durations": torch.zeros(B, W, dtype=torch.long), "mask": torch.zeros(B, T, dtype=torch.bool)}
+    if s.phones:
+        b["phones"] = torch.full((B, T), -1)  # (B, T) phoneme class of each frame, -1 = none / padding
     for r, i in enumerate(ids):
         n, t = len(s.tokens[i]), len(s.codes[i])
+        if s.phones:
+            b["phones"][r, :t] = s.phones[i]
         pos, _ = positions_and_ends(s.tracks[i])
         w = int(s.tok_word[i].max()) + 1
         b["tokens"][r, :n], b["tok_word"][r, :n], b["n_words"][r] = s.tokens[i], s.tok_word[i], w

@@ -19,7 +19,10 @@ plus many named ones). Both lists are read from the data folder, never hard-code
 Word timings: with the samples, eSpeak hands the callback an array of `espeak_EVENT`s (ended by
 one of type 0). A word event (type 1) says where the word is in the text (`text_position`,
 1-based, in characters) and when it starts in the audio (`audio_position`, in ms), which gives
-stage D the words' start times without any aligner. The positions are exact for plain text but
+stage D the words' start times without any aligner. Initialised with phoneme events
+(espeakINITIALIZE_PHONEME_EVENTS), it also reports each phoneme (type 7: its mnemonic, such as
+`s`, `'O:`, `@L`, and its start in ms): the phoneme teacher of stage D's Talker. Reading events
+leaves the audio unchanged (tests/test_tts.py). The positions are exact for plain text but
 drift after quotes and underscores (seen: in `"it is."` the word "is" gets the position of the "t"), so callers
 that need exact positions speak text without them (`omni.speech_data.spoken_form`).
 
@@ -42,7 +45,8 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_Synth blocks and hands samples to the ca
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_PITCH = 1, 3
-_EVENT_END, _EVENT_WORD = 0, 1  # espeak_EVENT_TYPE: the list terminator and a word start
+_EVENT_END, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7  # espeak_EVENT_TYPE: list terminator, word start, phoneme
+_INITIALIZE_PHONEME_EVENTS = 1  # espeak_Initialize option: report phonemes too
 
 
 class _Event(ctypes.Structure):
@@ -68,6 +72,12 @@ class WordEvent:
     start: float  # seconds from the start of the clip
     text_position: int  # 0-based character offset of the word in the spoken text
     length: int  # characters, as eSpeak counts them
+
+
+@dataclass(frozen=True)
+class PhonemeEvent:
+    start: float  # seconds from the start of the clip
+    symbol: str  # eSpeak's phoneme mnemonic, stress marks included ("'O:", "s", "_" = pause)
 
 
 @dataclass(frozen=True)
@@ -122,11 +132,13 @@ class _ESpeak:
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                      ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(_data_path()).encode(), 0)
+        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(_data_path()).encode(),
+                                                _INITIALIZE_PHONEME_EVENTS)
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
         self.chunks: list[np.ndarray] = []
         self.words: list[WordEvent] = []
+        self.phonemes: list[PhonemeEvent] = []
         self._callback = _CALLBACK(self._on_samples)  # keep a reference: C holds only a raw pointer
         lib.espeak_SetSynthCallback(self._callback)
         self.lib = lib
@@ -139,6 +151,8 @@ class _ESpeak:
             e = events[i]
             if e.type == _EVENT_WORD:
                 self.words.append(WordEvent(e.audio_position / 1000, e.text_position - 1, e.length))
+            elif e.type == _EVENT_PHONEME:
+                self.phonemes.append(PhonemeEvent(e.audio_position / 1000, e.id.decode("ascii", "replace")))
             i += 1
         return 0
 
@@ -150,7 +164,7 @@ class _ESpeak:
         self.lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
         self.lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
         data = text.encode("utf-8")
-        self.chunks, self.words = [], []
+        self.chunks, self.words, self.phonemes = [], [], []
         err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with code {err} on {text!r}")
@@ -162,17 +176,24 @@ def _engine() -> _ESpeak:
     return _ESpeak()
 
 
-def synthesize_with_words(text: str, voice: Voice = Voice(),
-                          sample_rate: int = 16000) -> tuple[np.ndarray, list[WordEvent]]:
+def synthesize_timed(text: str, voice: Voice = Voice(),
+                     sample_rate: int = 16000) -> tuple[np.ndarray, list[WordEvent], list[PhonemeEvent]]:
     """Speak `text` with `voice`: a float32 waveform in [-1, 1] at `sample_rate` Hz, shape (N,),
-    and eSpeak's word events in order (start in seconds, position in `text`, length)."""
+    eSpeak's word events in order (start in seconds, position in `text`, length) and its phoneme
+    events in order (start in seconds, mnemonic)."""
     from omni.audio import resample  # the same resampler the audio loader uses
 
     if voice.variant not in voice_variants():  # eSpeak would silently ignore an unknown variant
         raise UserError(f"eSpeak has no voice variant '{voice.variant}' (see espeak-ng-data/voices/!v)")
     engine = _engine()
     wav = engine.synth(text, voice).astype(np.float32) / 32768.0
-    return resample(wav, engine.sample_rate, sample_rate), list(engine.words)
+    return resample(wav, engine.sample_rate, sample_rate), list(engine.words), list(engine.phonemes)
+
+
+def synthesize_with_words(text: str, voice: Voice = Voice(),
+                          sample_rate: int = 16000) -> tuple[np.ndarray, list[WordEvent]]:
+    """Speak `text` with `voice`: the waveform and eSpeak's word events (see synthesize_timed)."""
+    return synthesize_timed(text, voice, sample_rate)[:2]
 
 
 def synthesize(text: str, voice: Voice = Voice(), sample_rate: int = 16000) -> np.ndarray:

@@ -186,7 +186,8 @@ def test_one_voice_set_has_word_timings_and_held_out_sentences(one_voice):
     for split, part in rows.items():
         assert 0 < len(part) <= ONE_VOICE[split]  # a clip whose events did not match is left out
         for r in part:
-            assert set(r) == {"audio", "text", "speaker", "duration", "source", "words"}
+            assert set(r) == {"audio", "text", "speaker", "duration", "source", "words", "phonemes"}
+            assert r["phonemes"] and all(a[0] <= b[0] for a, b in zip(r["phonemes"], r["phonemes"][1:]))
             assert r["speaker"] == "en-us+m1@r175p50" and len(r["words"]) == len(r["text"].split())
             assert r["words"][0] < 0.2 and r["words"][-1] < r["duration"]
             assert all(a <= b for a, b in zip(r["words"], r["words"][1:]))

@@ -13,10 +13,10 @@ import torch
 from omni.codec import Codec, CodecConfig
 from omni.paths import ROOT
 from omni.talker import Talker, TalkerConfig, generate, place_in_word, talker_loss
-from omni.talker_data import TalkerSet, batch_order, collate, frame_track, positions_and_ends
+from omni.talker_data import TalkerSet, batch_order, collate, frame_track, phone_track, positions_and_ends
 from omni.talker_eval import FIELDS
 from omni.tokenizer import train_tokenizer
-from omni.tts import synthesize
+from omni.tts import synthesize_timed
 from tests.conftest import assert_resume_exact
 
 K, C, VOCAB, D_THINKER = 3, 16, 40, 24
@@ -59,19 +59,20 @@ def test_frame_track_from_word_times():
 def test_shapes_and_loss_mask_ignores_padding():
     s, model = toy_set(), tiny_talker().eval()  # eval: no history dropout, so two passes are comparable
     batch = collate(s, [0, 1, 2])
-    logits, log_dur = model(*(batch[k] for k in FIELDS))
+    logits, log_dur, phones = model(*(batch[k] for k in FIELDS))
     T, W = batch["codes"].size(1), int(batch["n_words"].max())
     assert logits.shape == (3, T, K, C) and log_dur.shape == (3, W + 1)  # every word, then the end slot
     assert batch["durations"].sum(1).tolist() == batch["mask"].sum(1).tolist()  # every frame in one word
-    loss, stats = talker_loss(logits, log_dur, batch, model.cfg)
+    assert phones is None  # no phoneme head unless talker.phoneme_weight > 0
+    loss, stats = talker_loss(logits, log_dur, phones, batch, model.cfg)
     assert loss.ndim == 0 and {"acc0", f"acc{K - 1}", "dur_mae"} <= set(stats)
     # Garbage in the padded frames must change nothing: not the loss, not the real frames' logits.
     noisy = {k: v.clone() for k, v in batch.items()}
     pad = ~batch["mask"]
     assert pad.any(), "the toy batch should need padding"
     noisy["codes"][pad] = C - 1
-    logits2, log_dur2 = model(*(noisy[k] for k in FIELDS))
-    loss2, _ = talker_loss(logits2, log_dur2, noisy, model.cfg)
+    logits2, log_dur2, _ = model(*(noisy[k] for k in FIELDS))
+    loss2, _ = talker_loss(logits2, log_dur2, None, noisy, model.cfg)
     assert torch.allclose(loss, loss2, atol=1e-6)
     assert torch.allclose(logits[batch["mask"]], logits2[batch["mask"]], atol=1e-5)
 
@@ -126,8 +127,8 @@ def test_cached_generation_equals_a_full_forward():
     batch = collate(toy_set(), [0, 1, 2])
     out = generate(model, batch["tokens"], batch["tok_word"], batch["n_words"], torch.tensor([12, 12, 12]),
                    generator=torch.Generator().manual_seed(0), return_logits=True)
-    logits, _ = model(batch["tokens"], batch["tok_word"], batch["n_words"], out["codes"],
-                      out["frame_word"], out["frame_pos"], out["durations"])
+    logits = model(batch["tokens"], batch["tok_word"], batch["n_words"], out["codes"],
+                   out["frame_word"], out["frame_pos"], out["durations"])[0]
     T = out["codes"].size(1)
     assert T >= 2
     for r in range(3):
@@ -190,6 +191,29 @@ def test_the_duration_model_learns_word_lengths():
     assert maes[-1] < 0.5 * maes[0] and maes[-1] < 1.0
 
 
+def test_phoneme_teacher_reads_espeak_phonemes_per_frame_and_trains_only_its_head_target():
+    """eSpeak's phoneme events -> the class sounding at each 40 ms frame's middle (stress marks dropped,
+    unknown classes -1); the head's loss ignores padding and unknown frames and its gradient reaches it."""
+    vocab = {"s": 0, "O:": 1, "l": 2}
+    track = phone_track([[0.0, "s"], [0.12, "'O:"], [0.2, "l"], [0.32, "x"]], 10, vocab)
+    assert track.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, -1, -1]
+    model = tiny_talker(phoneme_weight=1.0, phonemes="s O: l")
+    s = toy_set()
+    g = torch.Generator().manual_seed(0)
+    s.phones = [torch.randint(-1, 3, (len(c),), generator=g) for c in s.codes]
+    b = collate(s, [0, 1, 2])
+    assert b["phones"].shape == b["mask"].shape and (b["phones"][~b["mask"]] == -1).all()
+    logits, log_dur, phones = model(*(b[k] for k in FIELDS))
+    assert phones.shape == (*b["mask"].shape, 3)
+    loss, stats = talker_loss(logits, log_dur, phones, b, model.cfg)
+    plain, _ = talker_loss(logits, log_dur, None, b, model.cfg)
+    assert loss > plain and 0 <= float(stats["phone_acc"]) <= 1
+    loss.backward()
+    assert model.phone_head.weight.grad.abs().sum() > 0
+    noisy = {**b, "phones": torch.where(b["mask"], b["phones"], 2)}  # labels in padding count nowhere
+    assert torch.allclose(talker_loss(logits, log_dur, phones, noisy, model.cfg)[0], loss)
+
+
 def test_batches_are_a_pure_function_of_seed_and_epoch():
     lengths = [int(x) for x in torch.randint(5, 50, (40,), generator=torch.Generator().manual_seed(0))]
     a, b = batch_order(lengths, 4, 1, 3), batch_order(lengths, 4, 1, 3)
@@ -213,11 +237,12 @@ def stage_d(tmp_path_factory):
         rows = []
         for i in range(n):
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 5)))
-            wav = synthesize(text)
+            wav, _, phonemes = synthesize_timed(text)
             sf.write(root / f"wav/{split}_{i}.wav", wav, 16000)
             dur = len(wav) / 16000
             rows.append({"audio": f"wav/{split}_{i}.wav", "text": text, "speaker": "en-us+m1", "duration": dur,
-                         "source": "world", "words": [dur * w / len(text.split()) for w in range(len(text.split()))]})
+                         "source": "world", "words": [dur * w / len(text.split()) for w in range(len(text.split()))],
+                         "phonemes": [[p.start, p.symbol] for p in phonemes]})
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = train_tokenizer([" ".join(WORDS)] * 20 + ["It is a truth universally acknowledged."] * 20,
                           root / "tokenizer.model", vocab_size=300)
@@ -236,12 +261,14 @@ def stage_d(tmp_path_factory):
 
 def test_train_talker_debug_runs_end_to_end_and_say_speaks(tmp_path, stage_d):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "train_talker.py", "--debug", f"--train.out_dir={out}", *stage_d],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "train_talker.py", "--debug", f"--train.out_dir={out}", *stage_d,
+                        "--talker.phoneme_weight=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "10 clips for the Talker" in r.stdout and "ended by themselves" in r.stdout
+    assert "phoneme teacher:" in r.stdout  # eSpeak's phoneme events of the rows, a training-only head
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"loss", "test_acc0", "test_acc1", "test_dur_mae", "gen_ended", "gen_dur_ratio"} <= set(metrics)
+    assert {"loss", "test_acc0", "test_acc1", "test_dur_mae", "gen_ended", "gen_dur_ratio",
+            "test_phone_acc"} <= set(metrics)
     assert 0 <= metrics["gen_ended"] <= 1 and metrics["gen_dur_ratio"] <= 2.0 + 1e-6  # the cap is 2x the original
     assert (out / "talker_0.wav").is_file() and (out / "talker_spectrograms.png").is_file()
     state = torch.load(out / "best.pt", weights_only=True)
