@@ -27,7 +27,9 @@ sentences are never trained on; test is mostly image-world sentences (--test-wor
 also hold "words": the start time in seconds of each word of `text.split()`, from eSpeak's own
 word events (the clip's end ends the last word), and "phonemes": eSpeak's phoneme events, [start
 in seconds, mnemonic] in order (the Talker's phoneme teacher). A clip whose events do not match its words one
-to one (eSpeak read something as two words, or skipped one) is left out and counted.
+to one (eSpeak read something as two words, or skipped one) is left out and counted. The train split
+also holds every bare answer of the image world ("purple", "top left", "three", "yes": stage E's
+answers, which the Talker speaks) --answer-copies times each; val and test never hold them.
 
 Determinism: the same seed gives the same sentences, voices and audio. eSpeak keeps state from one
 utterance to the next (pitch flutter phase, noise generators), so each shard of clips is spoken in
@@ -61,6 +63,8 @@ VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "Andy", "Denis", "Ge
 TEST_VARIANTS = ["m3", "f4", "klatt3", "steph", "travis", "Gene"]  # never heard in training, in any accent
 TEST_ACCENTS: list[str] = []  # accents never heard in training (try en-gb-scotland: a harder test)
 SPLITS = ("train", "val", "test")
+ANSWERS = sorted({*shapes.COLOURS, *shapes.SHAPES, *shapes.SIZES, *shapes.POSITIONS, *shapes.COUNT_WORDS,
+                  "yes", "no"})  # every answer of the image world's questions (omni.shapes.questions)
 ABBREV = ("Mr.", "Mrs.", "Dr.", "St.")  # a full stop after these does not end a sentence
 
 
@@ -197,9 +201,10 @@ def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
 
 
 def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share: float,
-                   test_world_share: float, corpus: Path) -> list[dict]:
+                   test_world_share: float, corpus: Path, answer_copies: int = 4) -> list[dict]:
     """Every clip of a one-voice set: each normalized sentence at most once in the whole set (so no
-    val or test sentence is trained on), test first so it gets the most common world sentences."""
+    val or test sentence is trained on), test first so it gets the most common world sentences; then
+    each bare answer answer_copies times in train only (one-word utterances: how stage E's answers sound)."""
     rng = random.Random(seed)
     book = austen_sentences(corpus)
     rng.shuffle(book)
@@ -211,6 +216,7 @@ def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share:
         raise UserError(f"{corpus}: only {len(book)} short sentences for {sum(n_book.values())} "
                         "Austen clips; lower the sizes or --austen-share")
     clips, start = [], 0
+    seen |= {normalize(a) for a in ANSWERS}  # never drawn as a val or test sentence
     for split in ("test", "val", "train"):
         texts = [(t, "austen") for t in book[start: start + n_book[split]]]
         start += n_book[split]
@@ -224,6 +230,8 @@ def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share:
             elif tries > 200 * sizes[split]:
                 raise UserError(f"the image world has about {len(seen)} distinct sentences, too few for "
                                 f"--{split} {sizes[split]}; lower the sizes or raise --austen-share")
+        if split == "train":
+            texts += [(a, "world") for a in ANSWERS for _ in range(answer_copies)]
         rng.shuffle(texts)
         clips += [{"split": split, "index": i, "spoken": t, "source": src, "voice": voice, "timed": True}
                   for i, (t, src) in enumerate(texts)]
@@ -258,7 +266,8 @@ def _speak_shard(args: tuple[list[dict], str]) -> list[dict]:
 def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, test: int = 600,
           austen_share: float = 0.25, corpus: str = "data/austen", test_accents=TEST_ACCENTS,
           test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2, voice: str | None = None,
-          rate: int = 175, pitch: int = 50, test_world_share: float = 0.8) -> dict[str, Path]:
+          rate: int = 175, pitch: int = 50, test_world_share: float = 0.8,
+          answer_copies: int = 4) -> dict[str, Path]:
     """Write the data set to `out`; returns {split: manifest path}. A folder already built with the
     same settings is left as it is (its build.json says how it was made). With `voice`
     ('ACCENT+VARIANT') it is a one-voice set with word timings (see the module docstring)."""
@@ -271,7 +280,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     if one:
         settings = {"seed": seed, "voice": one.speaker_id, "train": train, "val": val, "test": test,
                     "austen_share": austen_share, "test_world_share": test_world_share, "corpus": corpus,
-                    "shards": shards, "events": "words+phonemes"}
+                    "shards": shards, "events": "words+phonemes", "answer_copies": answer_copies}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     done = out_dir / "build.json"
     built = done.is_file() and json.loads(done.read_text()) == settings
@@ -281,7 +290,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     sizes = {"train": train, "val": val, "test": test}
     if one:
-        clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus))
+        clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus), answer_copies)
     else:
         clips = plan(seed, sizes, austen_share, repo_path(corpus), list(test_accents), list(test_variants))
     jobs = [(clips[k::shards], str(out_dir)) for k in range(shards)]
@@ -334,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--test", type=int, help="test clips (default 600; 200 with --voice)")
     p.add_argument("--test-world-share", type=float, default=0.8,
                    help="--voice: fraction of image-world sentences in test (the rest are Austen)")
+    p.add_argument("--answer-copies", type=int, default=4,
+                   help="--voice: copies of each bare answer (\"purple\", \"top left\") in train")
     p.add_argument("--austen-share", type=float, default=0.25, help="fraction of Austen sentences")
     p.add_argument("--corpus", default="data/austen", help="folder of .txt books")
     p.add_argument("--test-accents", default=",".join(TEST_ACCENTS), help="comma-separated held-out accents")
@@ -346,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                                                         (3000, 100, 200) if a.voice else (6000, 300, 600))]
     return build(a.out, a.seed, *sizes, a.austen_share, a.corpus, split_list(a.test_accents),
                  split_list(a.test_variants), a.workers, voice=a.voice, rate=a.rate, pitch=a.pitch,
-                 test_world_share=a.test_world_share)
+                 test_world_share=a.test_world_share, answer_copies=a.answer_copies)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from omni.audio_encoder import CharVocab
 from omni.config import UserError
 from omni.librispeech import prepare
 from omni.ljspeech import prepare as prepare_ljspeech
-from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, build, normalize, spoken_form, word_starts
+from omni.speech_data import ANSWERS, TEST_ACCENTS, TEST_VARIANTS, build, normalize, spoken_form, word_starts
 from omni.tts import Voice, WordEvent, english_accents, synthesize, voice_variants
 
 
@@ -152,7 +152,7 @@ def test_librispeech_layout_becomes_manifests_split_by_speaker(tmp_path):
         prepare(tmp_path / "out", tmp_path / "out2")
 
 
-ONE_VOICE = dict(seed=1, train=10, val=3, test=5, workers=1, shards=1, voice="en-us+m1")
+ONE_VOICE = dict(seed=1, train=10, val=3, test=5, workers=1, shards=1, voice="en-us+m1", answer_copies=1)
 
 
 def test_spoken_form_keeps_the_words_and_drops_what_shifts_espeaks_positions():
@@ -184,7 +184,8 @@ def one_voice(tmp_path_factory):
 def test_one_voice_set_has_word_timings_and_held_out_sentences(one_voice):
     rows = {split: read(p) for split, p in one_voice.items()}
     for split, part in rows.items():
-        assert 0 < len(part) <= ONE_VOICE[split]  # a clip whose events did not match is left out
+        extra = len(ANSWERS) if split == "train" else 0  # the bare answers, once each (answer_copies=1)
+        assert 0 < len(part) <= ONE_VOICE[split] + extra  # a clip whose events did not match is left out
         for r in part:
             assert set(r) == {"audio", "text", "speaker", "duration", "source", "words", "phonemes"}
             assert r["phonemes"] and all(a[0] <= b[0] for a, b in zip(r["phonemes"], r["phonemes"][1:]))
@@ -194,6 +195,7 @@ def test_one_voice_set_has_word_timings_and_held_out_sentences(one_voice):
             assert sf.info(str(one_voice[split].parent / r["audio"])).samplerate == 16000
     train = {r["text"] for r in rows["train"]}
     assert not train & {r["text"] for r in rows["val"] + rows["test"]}  # held out: never trained on
+    assert sum(r["text"] in ANSWERS for r in rows["train"]) >= len(ANSWERS) - 2  # one-word clips may not match
     assert sum(r["source"] == "world" for r in rows["test"]) == 4  # round(0.8 * 5)
     with pytest.raises(UserError, match="ACCENT\\+VARIANT"):
         build(one_voice["train"].parent / "x", **{**ONE_VOICE, "voice": "en-us+nobody"})
