@@ -163,7 +163,7 @@ def codec_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, mode
     if "cer_codec" in final:
         line += (f" | judge CER on {d.eval_source or 'all'} test clips: original {final['cer_original']:.2%}, "
                  f"vocoder {final['cer_vocoder']:.2%}, codec {final['cer_codec']:.2%} "
-                 f"(+{100 * (final['cer_codec'] - final['cer_vocoder']):.1f} points)")
+                 f"({100 * (final['cer_codec'] - final['cer_vocoder']):+.1f} points)")
     print(line + f" | {final['train_seconds']:.0f}s")
 
 
