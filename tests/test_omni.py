@@ -153,6 +153,18 @@ def test_qa_turns_ask_several_questions_about_one_picture(world):
         assert ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.image_id) == 9  # one clip per question
 
 
+def test_plain_text_rows_count_every_token(world):
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what turn() reads for text rows
+    d.t, d.text_ids = ChatTemplate(tok), torch.arange(100, 164)
+    d.cfg = omni_data.OmniDataConfig(text_tokens=8, text_plain=True)
+    ids, mask, img, aud = d.turn("text", torch.Generator().manual_seed(0))
+    assert mask == [1] * 8 and ids == list(range(ids[0], ids[0] + 8)) and img is None and aud is None
+    d.cfg = omni_data.OmniDataConfig(text_tokens=8)  # the chat turn: only the reply counts
+    ids, mask, _, _ = d.turn("text", torch.Generator().manual_seed(0))
+    assert d.t.im_start in ids and 0 < sum(mask) <= 5
+
+
 def test_loss_mask_covers_the_assistant_tokens_only(world):
     _, tok, _ = world
     t = ChatTemplate(tok)
