@@ -44,8 +44,9 @@ class OmniModel(nn.Module):
         self.audio = AudioEncoder(audio)
         self.image_tokens = vision.grid ** 2 // 4 if vision.merge_dim else vision.grid ** 2  # per picture
         n_pos = self.image_tokens if projector.image_pos else 0
-        self.projectors = nn.ModuleDict({"image": Projector(vision.width, thinker.d_model, projector, n_pos),
-                                         "audio": Projector(audio.d_model, thinker.d_model, projector)})
+        self.projectors = nn.ModuleDict({
+            "image": Projector(vision.width, thinker.d_model, projector, n_pos, linear="image" in projector.linear),
+            "audio": Projector(audio.d_model, thinker.d_model, projector, linear="audio" in projector.linear)})
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
 
     @torch.no_grad()

@@ -118,6 +118,21 @@ def test_image_projector_tells_the_cells_apart():
     assert torch.equal(y[0], y[1])
 
 
+def test_a_linear_projector_is_the_norm_then_one_matrix():
+    """projector.linear names the modalities projected by one linear layer: no hidden layer, so the
+    output (before the RMS norm) is exactly down(LayerNorm(x)); an unknown modality is an error."""
+    torch.manual_seed(0)
+    cfg = ProjectorConfig(hidden=12, out_norm=False, image_pos=False, linear=["image"])
+    lin, mlp = Projector(8, 16, cfg, linear=True), Projector(8, 16, cfg)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert lin.up is None and mlp.up is not None
+        assert torch.allclose(lin(x), lin.down(torch.nn.functional.layer_norm(x, (8,))), atol=1e-6)
+        assert lin.down.weight.shape == (16, 8) and mlp.down.weight.shape == (16, 12)
+    with pytest.raises(ValueError, match="linear"):
+        ProjectorConfig(linear=["video"])
+
+
 def test_batch_scale_multiplies_the_rows_of_one_kind(world):
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what batch() reads; turns are stubs
