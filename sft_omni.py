@@ -8,7 +8,7 @@ that keeps the Thinker's prose while it learns new skills; and how to measure al
 held-out pictures, unseen voices and unseen chapters.
 
     python -m omni.omni_data --out data/omni_tiny                      # spoken questions, ~1 minute
-    python sft_omni.py --config configs/omni_tiny.json                 # ~5 minutes on 2 CPU cores
+    python sft_omni.py --config configs/omni_tiny.json                 # 5-10 minutes on 2 CPU cores
     python sft_omni.py --config configs/omni_tiny.json --resume auto
     python sft_omni.py --debug                                         # a few steps, seconds
     python -m omni.chat --image data/shapes_tiny/test/000003.png --text "what colour is the star?"
