@@ -36,7 +36,7 @@ from omni.omni_model import from_stages, reply
 from omni.paths import repo_path
 from omni.projector import ProjectorConfig
 from omni.speech_data import normalize
-from omni.spoken_answers import score_spoken_answers, talker_ear
+from omni.spoken_answers import espeak_ear, score_spoken_answers, talker_ear, talker_voice
 from omni.trainer import Task, TrainConfig, fit
 
 ENCODERS = ("vision.", "audio.")
@@ -100,6 +100,8 @@ def main(cfg: OmniStageConfig) -> dict:
                                                   cfg.init.vision, cfg.projector)
     # the spoken answers: the stage D Talker says them, the stage B recogniser (init.audio) listens
     hear = talker_ear(cfg.init.talker, cfg.init.audio) if cfg.init.talker else None
+    # ... and the ceiling: eSpeak, the voice the Talker learned from, says them through the same chain
+    hear_espeak = espeak_ear(talker_voice(cfg.init.talker), cfg.init.audio) if cfg.init.talker else None
     for name, path in (("thinker", cfg.init.thinker), ("audio", cfg.init.audio), ("vision", cfg.init.vision)):
         print(f"inherited from {path}: " + " ".join(f"{k}={v}" for k, v in inherited[name].items()))
     model.eval()
@@ -189,11 +191,17 @@ def main(cfg: OmniStageConfig) -> dict:
     # 6. Final evaluation and summary ------------------------------------------------------------
     final.update({"ref_bpb": ref_bpb, "ref_cer": ref_cer, "params": n_total, "phase1_seconds": phase1_seconds})
     if hear is not None and "qa" in final:
-        said = score_spoken_answers([it["typed_answer"] for it in qa], hear)
-        final["spoken_answers"] = said["rate"]
+        answers = [it["typed_answer"] for it in qa]
+        said, ceiling = score_spoken_answers(answers, hear), score_spoken_answers(answers, hear_espeak)
+        final.update(spoken_answers=said["rate"], spoken_answers_cer=said["cer"],
+                     spoken_answers_espeak=ceiling["rate"], spoken_answers_espeak_cer=ceiling["cer"])
         wrong = [f"{a!r} -> {h!r}" for a, h in said["heard"].items() if a != h]
         print(f"spoken answers: the Talker ({cfg.init.talker}) said {said['distinct']} distinct answers; the "
-              f"recogniser heard {final['spoken_answers']:.1%} of the {len(qa)} answers as said"
+              f"recogniser heard {said['rate']:.1%} of the {len(qa)} answers as said, CER {said['cer']:.1%}"
+              + (f" (misheard: {', '.join(wrong[:8])})" if wrong else ""))
+        wrong = [f"{a!r} -> {h!r}" for a, h in ceiling["heard"].items() if a != h]
+        print(f"spoken answers, eSpeak's own voice through the same chain (the ceiling of this judge): "
+              f"{ceiling['rate']:.1%} heard as said, CER {ceiling['cer']:.1%}"
               + (f" (misheard: {', '.join(wrong[:8])})" if wrong else ""))
     elif "qa" in final:
         print("spoken answers: not scored (init.talker is empty)")
@@ -205,6 +213,7 @@ def main(cfg: OmniStageConfig) -> dict:
         print(f"held-out: typed {final['qa']:.1%}{spoken} over colour, shape, size, position ({kinds}) | "
               f"transcription CER {final['asr_cer']:.2%} (stage B {ref_cer:.2%}) | bits per byte {final['bpb']:.4f} "
               f"(stage A {ref_bpb:.4f})" + (f" | spoken answers {final['spoken_answers']:.1%} heard as said"
+                                            f" (eSpeak {final['spoken_answers_espeak']:.1%})"
                                             if "spoken_answers" in final else "")
               + f" | {phase1_seconds + final['train_seconds']:.0f}s")
     return final

@@ -61,7 +61,9 @@ STAGES = {
                [("runs/omni_tiny", [("qa", "typed image QA (unseen pairs)", "{:.1%}"),
                                     ("spoken", "spoken by unseen voices", "{:.1%}"),
                                     ("asr_cer", "transcription CER", "{:.1%}"),
-                                    ("bpb", "held-out bits per byte", "{:.3f}")])]),
+                                    ("bpb", "held-out bits per byte", "{:.3f}"),
+                                    ("spoken_answers", "spoken answers heard as said", "{:.1%}"),
+                                    ("spoken_answers_espeak", "eSpeak saying them", "{:.1%}")])]),
 }
 
 

@@ -11,6 +11,12 @@ Answers in the shapes world come from a small set ("purple", "top left", "three"
 the Talker decodes greedily (talker.temperature 0 in configs/talker_tiny.json), so the same text
 always gives the same speech: each distinct answer is spoken and heard once, and every question
 with that answer shares the verdict. With a sampling Talker this is one draw per distinct answer.
+
+The same chain with eSpeak in the Talker's place (`espeak_ear`: the voice the Talker learned from,
+then the same log-mel, Griffin-Lim and recogniser) is the ceiling of this measurement. The stage B
+recogniser spells from sound alone, with no dictionary and no sentence around a word, and a lone
+word is where that shows: it hears eSpeak's own "three" as "thre" and "green" as "gren". A Talker
+can only be judged against what the judge makes of the original.
 """
 from __future__ import annotations
 
@@ -18,17 +24,21 @@ from collections.abc import Callable
 
 import torch
 
+from omni.metrics import cer
 from omni.speech_data import normalize
 
 
 def score_spoken_answers(answers: list[str], hear: Callable[[list[str]], list[str]]) -> dict:
     """answers: the Thinker's text answer to each test question. hear: texts -> what the recogniser
     heard when the Talker said each. Returns the share of answers heard as said ("rate"), the
-    number of distinct answers spoken, and {answer: heard} ("heard"). An empty answer is never heard."""
+    character error rate over all the non-empty answers ("cer"), the number of distinct answers
+    spoken, and {answer: heard} ("heard"). An empty answer is never heard."""
     said = sorted({normalize(a) for a in answers} - {""})
     heard = dict(zip(said, (normalize(h) for h in hear(said)))) if said else {}
     right = [bool(normalize(a)) and heard[normalize(a)] == normalize(a) for a in answers]
-    return {"rate": sum(right) / max(1, len(right)), "distinct": len(said), "heard": heard}
+    spoken = [normalize(a) for a in answers if normalize(a)]
+    return {"rate": sum(right) / max(1, len(right)), "cer": cer(spoken, [heard[a] for a in spoken]),
+            "distinct": len(said), "heard": heard}
 
 
 def talker_ear(talker: str, judge: str, gl_iters: int = 48, batch: int = 32) -> Callable[[list[str]], list[str]]:
@@ -46,6 +56,39 @@ def talker_ear(talker: str, judge: str, gl_iters: int = 48, batch: int = 32) -> 
         mels = []
         for j in range(0, len(texts), batch):
             mels += speak(model, codec, tok, texts[j: j + batch], generator=g)["mels"]
+        return judge_speech(recogniser, mels, texts, gl_iters)["hyps"]
+
+    return hear
+
+
+def talker_voice(talker: str) -> str:
+    """The eSpeak voice a stage D Talker learned from (the speaker of its training manifest), as
+    a speaker id like 'en-us+m1@r175p50'."""
+    from omni.audio import read_manifest
+    from omni.checkpoint import load_stage_checkpoint
+    from omni.paths import repo_path
+
+    manifest = load_stage_checkpoint(talker, "D-talker")["config"]["data"]["train"]
+    return read_manifest(repo_path(manifest))[0]["speaker"]
+
+
+def espeak_ear(voice: str, judge: str, gl_iters: int = 48) -> Callable[[list[str]], list[str]]:
+    """eSpeak -> log-mel -> Griffin-Lim -> recogniser as one function of texts: the reference for
+    talker_ear. voice: a speaker id 'ACCENT+VARIANT@rRATEpPITCH' as the manifests write it."""
+    from omni.audio import log_mel
+    from omni.recogniser import load_recogniser
+    from omni.speech_eval import judge_speech
+    from omni.tts import Voice, synthesize
+
+    name, _, settings = voice.partition("@r")
+    accent, _, variant = name.partition("+")
+    rate, _, pitch = settings.partition("p")
+    speaker = Voice(accent, variant, int(rate), int(pitch))
+    recogniser = load_recogniser(judge)
+
+    def hear(texts: list[str]) -> list[str]:
+        mels = [log_mel(torch.from_numpy(synthesize(t, speaker, recogniser.front_end.sample_rate)),
+                        recogniser.front_end) for t in texts]
         return judge_speech(recogniser, mels, texts, gl_iters)["hyps"]
 
     return hear

@@ -56,7 +56,8 @@ def world(tmp_path_factory):
                           depth_d_model=16, n_codebooks=2,
                           codebook_size=8, temperature=0, temperature_res=0, max_len_ratio=0.5)
     table = torch.load(d / "stage_A.pt", weights_only=True)["model"]["tok_emb.weight"]
-    torch.save({"stage": "D-talker", "config": {"talker": dataclasses.asdict(talker), "audio": {}},
+    torch.save({"stage": "D-talker", "config": {"talker": dataclasses.asdict(talker), "audio": {},
+                                                "data": {"train": str(speech["train"])}},  # whose voice it learned
                 "model": Talker(talker, table).state_dict()}, d / "talker.pt")
     return [f"--init.thinker={d / 'stage_A.pt'}", f"--init.tokenizer={d / 'tokenizer.model'}",
             f"--init.audio={d / 'stage_B.pt'}", f"--init.vision={d / 'stage_C.pt'}", f"--init.talker={d / 'talker.pt'}",
@@ -198,7 +199,7 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
     flags, _, d = world
     m = run_stage("sft_omni", tmp_path, *flags)
     for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer",
-              "spoken_answers"):
+              "spoken_answers", "spoken_answers_cer", "spoken_answers_espeak", "spoken_answers_espeak_cer"):
         assert k in m and m[k] >= 0, k
     assert m["step"] == 6 and abs(m["ref_bpb"] - m["bpb"]) < 5
     for name in ("curves.png", "answers.png", "best.pt", "metrics.json", "phase1/latest.pt"):
@@ -238,6 +239,7 @@ def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
     s = score_spoken_answers(["purple", "Top left", "three", "purple", ""], hear)
     assert sorted(asked) == ["purple", "three", "top left"]  # each distinct answer is spoken once
     assert s["rate"] == 3 / 5 and s["distinct"] == 3 and s["heard"]["top left"] == "top lift"
+    assert s["cer"] == 1 / (6 + 8 + 5 + 6)  # one wrong letter in the 25 letters of the four answers said
     assert score_spoken_answers(["", ""], hear)["rate"] == 0
 
 
