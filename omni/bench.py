@@ -38,8 +38,13 @@ from omni import config
 from omni.audio import FrontEndConfig, augment, load_speech_set, pad_batch
 from omni.audio_encoder import AudioCTC, AudioEncoderConfig, CharVocab
 from omni.clip import CLIP, ClipConfig, TextConfig, clip_loss
+from omni.codec import Codec, CodecConfig
 from omni.device import pick_device, pick_dtype, to_device
+from omni.omni_model import OmniModel
 from omni.paths import repo_path
+from omni.projector import ProjectorConfig
+from omni.talker import Talker, TalkerConfig, talker_loss
+from omni.talker_data import FRAME_RATE, collate
 from omni.text_data import random_windows
 from omni.thinker import Thinker, ThinkerConfig
 from omni.trainer import cpu_threads
@@ -143,6 +148,81 @@ def vision_case(path: str, toy: bool) -> Case:
     return Case(CLIP(v, t, c, vocab), batch, loss, B, "img")
 
 
+def codec_case(path: str, toy: bool) -> Case:
+    """Stage D, first part: the codec's reconstruction loss on B random crops of log-mel frames
+    (synthetic: the step's cost depends on the shapes only; train_talker.py crops cached features)."""
+    c = config.from_dict(CodecConfig, _json(path, "codec"), path)
+    B, L = _json(path, "train").get("batch_size", 16), _json(path, "data").get("crop", 160)
+    if toy:
+        c, B, L = CodecConfig(channels=16, n_res=1, code_dim=8, n_codebooks=2, codebook_size=8), 2, 32
+    batch = (torch.randn(B, L, c.n_mels, generator=torch.Generator().manual_seed(0)),)
+
+    def loss(model, b):  # train_talker.py's codec loss
+        y, _, extra = model(b[0])
+        return (y - b[0]).abs().mean() + c.l2_weight * ((y - b[0]) ** 2).mean() + c.commit_weight * extra["commit"]
+
+    return Case(Codec(c), batch, loss, B * L / 100, "s audio")
+
+
+def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Case:
+    """Stage D, second part: the Talker's teacher-forced loss on B clips of 8 words, 2 tokens and 6
+    code frames (0.24 s) a word, built with the stage's own collate (synthetic codes and tokens; a
+    random table stands in for stage A's frozen embeddings)."""
+    t = {**_json(path, "talker"), **{k: v for k, v in _json(codec_path, "codec").items()
+                                     if k in ("n_codebooks", "codebook_size")}}
+    B = _json(path, "train").get("batch_size", 16)
+    m = config.from_dict(ThinkerConfig, _json(thinker_path, "model"), thinker_path)
+    W, per_word, frames = 8, 2, 6
+    if toy:
+        t = {**t, "d_model": 16, "n_layer": 1, "n_head": 2, "text_layers": 1, "depth_d_model": 16,
+             "n_codebooks": 2, "codebook_size": 8}
+        m, B, W = ThinkerConfig(vocab_size=256, d_model=32), 2, 3
+    t.setdefault("n_codebooks", 4)
+    t.setdefault("codebook_size", 256)
+    if t.get("phoneme_weight", TalkerConfig.phoneme_weight) > 0:
+        t["phonemes"] = " ".join(f"p{i}" for i in range(40))  # eSpeak's English has about 40 classes
+    cfg = config.from_dict(TalkerConfig, t, path)
+    g = torch.Generator().manual_seed(0)
+    clips = type("Clips", (), {})()  # what collate reads of a TalkerSet, clip by clip
+    clips.tokens = [torch.randint(1, m.vocab_size, (W * per_word,), generator=g) for _ in range(B)]
+    clips.tok_word = [torch.arange(W).repeat_interleave(per_word) for _ in range(B)]
+    clips.tracks = [torch.arange(W).repeat_interleave(frames) for _ in range(B)]
+    clips.codes = [torch.randint(0, cfg.codebook_size, (W * frames, cfg.n_codebooks), generator=g) for _ in range(B)]
+    clips.phones = [torch.randint(0, 40, (W * frames,), generator=g) for _ in range(B)] if cfg.phonemes else []
+    batch = collate(clips, list(range(B)))
+    model = Talker(cfg, torch.randn(m.vocab_size, m.d_model, generator=g) * 0.02)
+    fields = ("tokens", "tok_word", "n_words", "codes", "frame_word", "frame_pos", "durations")
+    return Case(model, (batch,), lambda model, b: talker_loss(*model(*(b[0][k] for k in fields)), b[0], cfg)[0],
+                B * W * frames / FRAME_RATE, "s audio")
+
+
+def omni_case(path: str, thinker_path: str, vision_path: str, audio_path: str, toy: bool) -> Case:
+    """Stage E: the assistant-token loss on B image-question rows of 40 positions, 9 of them the
+    picture's projected tokens (the encoders' outputs are computed once per run, so the step is the
+    projectors and the Thinker; every part trains here, the freeze plan aside)."""
+    th = config.from_dict(ThinkerConfig, _json(thinker_path, "model"), thinker_path)
+    v = config.from_dict(VisionConfig, _json(vision_path, "vision"), vision_path)
+    a = config.from_dict(AudioEncoderConfig, _json(audio_path, "model"), audio_path)
+    proj = config.from_dict(ProjectorConfig, _json(path, "projector"), path)
+    B, T = _json(path, "train").get("batch_size", 16), 40
+    if toy:
+        th = ThinkerConfig(vocab_size=256, d_model=32, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+        v, a, proj, B = VisionConfig(d_model=32, n_layer=1, n_head=2, merge_dim=32), \
+            AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), ProjectorConfig(hidden=32), 2
+    image_id, audio_id = th.vocab_size - 2, th.vocab_size - 1
+    model = OmniModel(th, v, a, proj, image_id, audio_id)
+    n = model.image_tokens
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, image_id, (B, T), generator=g)
+    x[:, 2: 2 + n] = image_id  # <|im_start|>user, then the picture, then the question and the answer
+    mask = torch.zeros(B, T)
+    mask[:, -3:] = 1  # a one-word answer and <|im_end|>: the tokens the loss counts
+    batch = (x, torch.randint(0, image_id, (B, T), generator=g), mask, torch.randn(B * n, v.width, generator=g),
+             torch.zeros(0, a.d_model))
+    return Case(model, batch, lambda model, b: model(*b)[1], B * T, "tok")
+
+
+VARIANTS = {"A"}  # stages whose rows are variants of one model (Thinker, GPT-2, chunked loss), compared
 # name -> (stage, builder(gpu, toy)); a later stage adds its rows here.
 ROWS: dict[str, tuple[str, Callable[[bool, bool], Case]]] = {
     "A thinker": ("A", lambda gpu, toy: thinker_case(
@@ -155,6 +235,17 @@ ROWS: dict[str, tuple[str, Callable[[bool, bool], Case]]] = {
         "configs/audio_enc_librispeech_gpu.json" if gpu else "configs/audio_enc_tiny.json", toy)),
     "C vision": ("C", lambda gpu, toy: vision_case(
         "configs/vision_coco_gpu.json" if gpu else "configs/vision_tiny.json", toy)),
+    "D codec": ("D", lambda gpu, toy: codec_case(
+        "configs/codec_ljspeech_gpu.json" if gpu else "configs/codec_tiny.json", toy)),
+    "D talker": ("D", lambda gpu, toy: talker_case(
+        "configs/talker_ljspeech_gpu.json" if gpu else "configs/talker_tiny.json",
+        "configs/codec_ljspeech_gpu.json" if gpu else "configs/codec_tiny.json",
+        "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json", toy)),
+    "E omni": ("E", lambda gpu, toy: omni_case(
+        "configs/omni_llava_gpu.json" if gpu else "configs/omni_tiny.json",
+        "configs/thinker_small.json" if gpu else "configs/thinker_tiny.json",
+        "configs/vision_coco_gpu.json" if gpu else "configs/vision_tiny.json",
+        "configs/audio_enc_librispeech_gpu.json" if gpu else "configs/audio_enc_tiny.json", toy)),
 }
 
 
@@ -246,7 +337,7 @@ class Row:
             self.step()
         _sync(device)
         self.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" \
-            else _rss_mb("VmHWM") - base  # what the model, optimizer, batch and activations added
+            else max(0.0, _rss_mb("VmHWM") - base)  # what the model, optimizer, batch and activations added
         self.flops = count_flops(self.forward_backward)
         self.opt.zero_grad(set_to_none=True)
         self.times: list[float] = []
@@ -295,10 +386,10 @@ def format_table(result: dict) -> str:
         rate = f"{r['units_per_s']:,.0f} {r['unit']}"
         lines.append(f"{r['row']:<10} {rate:>16} {r['step_ms']:>8.1f} {r['gflop_per_step']:>10.2f} "
                      f"{r['gflop_per_s']:>8.1f} {100 * r['share_of_peak']:>7.1f} {r['peak_mem_mb']:>8.0f} {data:>7}")
-    first: dict[str, dict] = {}  # a stage's first row is compared with its others (A: Thinker vs GPT-2)
+    first: dict[str, dict] = {}  # in VARIANTS, a stage's first row is compared with its others
     for r in result["rows"]:
         stage = r["row"].split()[0]
-        if stage in first:
+        if stage in first and stage in VARIANTS:
             lines.append(f"{first[stage]['row']} vs {r['row']}: {first[stage]['units_per_s'] / r['units_per_s']:.2f}x "
                          f"the {r['unit']}/s, side by side")
         first.setdefault(stage, r)

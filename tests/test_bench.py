@@ -26,6 +26,8 @@ def test_toy_bench_prints_table_and_json(tmp_path, capsys):
         assert r["peak_mem_mb"] >= 0
     assert result["rows"][0]["data_share"] > 0  # stage A times its get_batch (synthetic ids, same work)
     assert json.loads(out.read_text())["rows"][0]["row"] == "A thinker"
+    assert {r["row"].split()[0] for r in result["rows"]} == set("ABCDE")  # every stage has a row
+    assert "A thinker vs A gpt2" in table and "D codec vs" not in table  # only variants of one model compare
 
 
 def test_stage_filter_and_errors(tmp_path):
