@@ -78,12 +78,11 @@ def espeak_ear(voice: str, judge: str, gl_iters: int = 48) -> Callable[[list[str
     from omni.audio import log_mel
     from omni.recogniser import load_recogniser
     from omni.speech_eval import judge_speech
-    from omni.tts import Voice, synthesize
+    from omni.tts import parse_voice, synthesize
 
     name, _, settings = voice.partition("@r")
-    accent, _, variant = name.partition("+")
     rate, _, pitch = settings.partition("p")
-    speaker = Voice(accent, variant, int(rate), int(pitch))
+    speaker = parse_voice(name, int(rate), int(pitch))  # checked against eSpeak's voices
     recogniser = load_recogniser(judge)
 
     def hear(texts: list[str]) -> list[str]:
