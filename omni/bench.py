@@ -203,11 +203,12 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
         torch.manual_seed(0)
         rows.append(Row(name, ROWS[name][1](device.type == "cuda", toy), device, dtype, warmup))
     # Interleaved: each round times the peak matmul once and every row once, so a machine whose speed
-    # drifts (other work starting or stopping) slows all rows alike and the ratios stay fair.
+    # drifts (other work starting or stopping) slows all rows alike and the ratios stay fair. The order
+    # turns by one row each round, so no row always runs first, on caches the peak matmul has emptied.
     peaks = []
-    for _ in range(repeats):
+    for i in range(repeats):
         peaks.append(peak_once())
-        for row in rows:
+        for row in rows[i % len(rows):] + rows[:i % len(rows)]:
             row.timed_step()
     peak = statistics.median(peaks)
     figures = [row.figures(peak) for row in rows]
