@@ -34,9 +34,9 @@ from torch.utils import flop_counter as fc
 
 from omni import config
 from omni.bench_rows import ROWS, VARIANTS, Case
+from omni.config import cpu_threads
 from omni.device import pick_device, pick_dtype, to_device
 from omni.paths import repo_path
-from omni.trainer import cpu_threads
 
 # ---------------------------------------------------------------- measuring
 

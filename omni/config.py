@@ -29,6 +29,8 @@ import sys
 import typing
 from pathlib import Path
 
+import torch
+
 from omni.paths import repo_path
 
 
@@ -208,13 +210,27 @@ def cli(main, argv: list[str] | None = None):
         sys.exit(e.code)
 
 
+def cpu_threads(threads: int = 0) -> int:
+    """Torch threads for a run: `threads` if given; else OMP_NUM_THREADS when the user (or a test) set
+    it; else every core this process may run on (os.sched_getaffinity honours taskset and containers,
+    where os.cpu_count() would count the whole machine)."""
+    if threads:
+        return threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def run(main, cls, debug: dict | None = None, argv: list[str] | None = None):
     """The entry point of every stage script: parse the config, run `main`, and turn a
     `UserError` into one line on stderr and a non-zero exit. Under torchrun only rank 0 prints."""
     if int(os.environ.get("RANK", "0")) > 0:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     try:
-        return main(parse_args(cls, argv, debug))
+        cfg = parse_args(cls, argv, debug)
+        if hasattr(getattr(cfg, "train", None), "threads"):  # before any data work (features, codes)
+            torch.set_num_threads(cpu_threads(cfg.train.threads))
+        return main(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.code)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from omni import checkpoint as ckpt
-from omni.config import UserError
+from omni.config import UserError, cpu_threads
 from omni.device import Runtime, setup_runtime, to_device
 from omni.logs import JsonlLog, plot_curves
 from omni.paths import repo_path
@@ -85,17 +84,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
-
-
-def cpu_threads(threads: int = 0) -> int:
-    """Torch threads for a run: `threads` if given; else OMP_NUM_THREADS when the user (or a test) set
-    it; else every core this process may run on (os.sched_getaffinity honours taskset and containers,
-    where os.cpu_count() would count the whole machine)."""
-    if threads:
-        return threads
-    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> torch.optim.AdamW:

@@ -60,9 +60,26 @@ def test_flops_match_hand_count(loss_chunk):
 
 
 def test_threads_zero_means_every_core_we_may_use(monkeypatch):
-    from omni.trainer import cpu_threads
+    from omni.config import cpu_threads
 
     assert cpu_threads(3) == 3  # an explicit train.threads wins
     assert cpu_threads(0) == 1  # the test fixture sets OMP_NUM_THREADS=1, as a shared machine should
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert cpu_threads(0) == len(os.sched_getaffinity(0))
+
+
+def test_train_threads_hold_from_the_start_of_a_stage():
+    """The stage's data work (features, codec codes, encoder features) runs before the training loop,
+    so config.run must apply train.threads before main; otherwise a run told to use one thread
+    prepares its data on every core and two such runs side by side fight over them."""
+    import torch
+
+    from omni import config
+    from train_text import TextStageConfig
+
+    before = torch.get_num_threads()
+    try:
+        seen = config.run(lambda cfg: torch.get_num_threads(), TextStageConfig, argv=["--train.threads=3"])
+        assert seen == 3
+    finally:
+        torch.set_num_threads(before)
