@@ -48,7 +48,8 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     n = 1 + len(others)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    # constrained layout leaves room for the run name above the panels (tight_layout lets them overlap)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, layout="constrained")
     ax = axes[0][0]
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1, label="train")
     if "loss" in metrics:
@@ -66,7 +67,6 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     for j in range(1 + len(others), rows * cols):
         axes[j // cols][j % cols].axis("off")
     fig.suptitle(run_dir.name)
-    fig.tight_layout()
     out = out or run_dir / "curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
