@@ -190,6 +190,8 @@ def main(cfg: OmniStageConfig) -> dict:
 
     # 6. Final evaluation and summary ------------------------------------------------------------
     final.update({"ref_bpb": ref_bpb, "ref_cer": ref_cer, "params": n_total, "phase1_seconds": phase1_seconds})
+    if "qa" in final and "typed_answer" not in qa[0]:  # resumed after its last step: no evaluation ran here
+        final.update(evaluate(model))
     if hear is not None and "qa" in final:
         answers = [it["typed_answer"] for it in qa]
         said, ceiling = score_spoken_answers(answers, hear), score_spoken_answers(answers, hear_espeak)

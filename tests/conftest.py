@@ -19,9 +19,15 @@ def run_stage(module_name: str, out_dir, *args: str) -> dict:
 
 def assert_resume_exact(module_name: str, tmp_path, *args: str) -> None:
     """N steps in one go must give bit-identical weights and optimizer state to the same run
-    stopped half-way (train.stop_at_step) and resumed with --resume auto."""
+    stopped half-way (train.stop_at_step) and resumed with --resume auto. And a finished run resumed
+    again (the main job run a second time) trains nothing and reports the same held-out metrics."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_stage(module_name, straight, *args)
+    first = run_stage(module_name, straight, *args)
+    again = run_stage(module_name, straight, *args, "--resume", "auto")
+    timing = ("seconds", "rtf")
+    assert sorted(again) == sorted(first)
+    assert {k: v for k, v in again.items() if not any(t in k for t in timing)} == \
+        {k: v for k, v in first.items() if not any(t in k for t in timing)}
     a = torch.load(straight / "latest.pt", weights_only=True)
     half = a["step"] // 2
     run_stage(module_name, split, *args, f"--train.stop_at_step={half}")
