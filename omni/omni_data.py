@@ -204,7 +204,11 @@ class OmniData:
                     clips.append(said[pick(len(said))])
                     q = (AUDIO, len(clips[-1]))
                 turns += [("user", self.ask(img, q) if j == 0 else [q]), ("assistant", [a])]
-            return *self.t.encode(turns), img, torch.cat(clips) if clips else None
+            ids, mask = self.t.encode(turns)
+            while len(ids) - 1 > self.max_len:  # the inputs are ids[:-1]; several spoken questions may not fit
+                turns, clips = turns[:-2], clips[:-1]
+                ids, mask = self.t.encode(turns)
+            return ids, mask, img, torch.cat(clips) if clips else None
         if kind == "caption":
             k = pick(len(self.records["train"]))
             img = self.images["train"][k]

@@ -149,7 +149,7 @@ def test_batch_scale_multiplies_the_rows_of_one_kind(world):
 def test_qa_turns_ask_several_questions_about_one_picture(world):
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() reads for picture questions
-    d.cfg, d.t = omni_data.OmniDataConfig(qa_turns=3), ChatTemplate(tok)
+    d.cfg, d.t, d.max_len = omni_data.OmniDataConfig(qa_turns=3), ChatTemplate(tok), 256
     d.records = {"train": [{"questions": [{"q": f"q{k}{j}?", "a": f"a{k}{j}"} for j in range(n)]}
                            for k, n in enumerate((4, 2, 5))]}
     d.qa = [(k, qa["q"], qa["a"]) for k, r in enumerate(d.records["train"]) for qa in r["questions"]]
@@ -167,6 +167,13 @@ def test_qa_turns_ask_several_questions_about_one_picture(world):
         assert len(text.replace("a", " a").split()) == n and all(w in answers for w in text.replace("a", " a").split())
         ids, mask, img, aud = d.turn("spoken_qa", g)
         assert ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.image_id) == 9  # one clip per question
+    d.max_len = 40  # room for one spoken question but not three: a row asks fewer, never overflows
+    lengths = set()
+    for _ in range(10):
+        ids, mask, img, aud = d.turn("spoken_qa", g)
+        assert len(ids) - 1 <= d.max_len and ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.im_end) >= 2
+        lengths.add(ids.count(d.t.im_end) // 2)
+    assert min(lengths) < 3
 
 
 def test_plain_text_rows_count_every_token(world):
