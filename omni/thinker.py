@@ -288,20 +288,23 @@ class Thinker(nn.Module):
     def forward(self, idx=None, targets=None, *, embeds=None, kv_cache=None, start_pos=0, loss_mask=None):
         """idx (B, T) token ids, or embeds (B, T, d_model) in their place (see `hidden`). targets (B, T)
         are already shifted (targets[:, t] is the token after position t); -100 or loss_mask == 0 means
-        "no loss here". Returns (logits (B, T, vocab_size), loss or None); with targets and
-        cfg.loss_chunk > 0 the logits are never built and None is returned in their place."""
+        "no loss here". Without targets returns (logits (B, T, vocab_size), None). With targets the
+        output layer runs only on the N counted positions, and (logits (N, vocab_size), loss) is returned;
+        with cfg.loss_chunk > 0 those logits are never built and None is returned in their place."""
         h = self.hidden(idx, embeds=embeds, kv_cache=kv_cache, start_pos=start_pos)  # (B, T, d_model)
         if targets is None:
             return self.lm_head(h), None
         if loss_mask is not None:
             targets = targets.masked_fill(loss_mask == 0, -100)
-        n = (targets != -100).sum().clamp(min=1)  # mean over the counted tokens; none counted gives 0, not NaN
+        # The output layer is the widest matmul: skip the positions that do not count (in stage E, the
+        # prompt, the picture and the question). Where every position counts this changes nothing.
+        keep = targets != -100  # (B, T)
+        h, targets = h[keep], targets[keep]  # (N, d_model), (N,)
+        n = keep.sum().clamp(min=1)  # mean over the counted tokens; none counted gives 0, not NaN
         if self.cfg.loss_chunk:
-            loss = chunked_cross_entropy(h.flatten(0, 1), self.lm_head.weight, targets.flatten(), self.cfg.loss_chunk)
-            return None, loss / n
-        logits = self.lm_head(h)  # (B, T, vocab_size)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-        return logits, loss / n
+            return None, chunked_cross_entropy(h, self.lm_head.weight, targets, self.cfg.loss_chunk) / n
+        logits = self.lm_head(h)  # (N, vocab_size)
+        return logits, F.cross_entropy(logits.float(), targets, reduction="sum") / n
 
 
 # ---------------------------------------------------------------- generation

@@ -43,6 +43,18 @@ def test_loss_ignores_masked_positions():
     assert torch.allclose(model(idx, targets=masked)[1], ref, atol=1e-6)
     assert torch.allclose(model(idx, targets=tgt, loss_mask=mask)[1], ref, atol=1e-6)
     assert model(idx, targets=torch.full_like(tgt, -100))[1].item() == 0.0  # nothing counted: 0, not NaN
+    # The output layer runs only on the counted positions: 2 x 4 rows of logits, those of the full pass.
+    counted, _ = model(idx, targets=tgt, loss_mask=mask)
+    assert counted.shape == (8, 61) and torch.allclose(counted, logits[:, :4].reshape(-1, 61), atol=1e-6)
+
+
+def test_loss_with_every_position_counted_is_bit_exact():
+    """Selecting the counted positions must not change a loss where all count (stage A's figures)."""
+    model = make(**QWEN).train()
+    idx, tgt = tokens(2, 8), tokens(2, 8, seed=2)
+    logits, _ = model(idx)
+    full = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="sum") / tgt.numel()
+    assert torch.equal(model(idx, targets=tgt)[1], full)
 
 
 @pytest.mark.parametrize("kw", [QWEN, GPT2], ids=["qwen", "gpt2"])
