@@ -70,7 +70,7 @@ class OmniModel(nn.Module):
         return splice(e, x, self.audio_id, self.projectors["audio"](audio_feats), "audio")
 
     def forward(self, x, y, loss_mask, image_feats, audio_feats):
-        """Teacher-forced logits (B, T, vocab) and the loss over the tokens loss_mask counts."""
+        """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss."""
         return self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
 
 
