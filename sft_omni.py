@@ -2,10 +2,11 @@
 
 What it teaches: how LLaVA and Qwen2.5-Omni join pretrained parts into one model; a projector
 per modality; the ChatML template, placeholders and the splice of features into the token
-embeddings; a loss on the assistant's tokens only; a freeze plan in two phases (phase 1: only the
-projectors learn, phase 2: the projectors and the Thinker; the encoders stay frozen); a data mix
-that keeps the Thinker's prose while it learns new skills; and how to measure all of it on
-held-out pictures, unseen voices and unseen chapters.
+embeddings; a loss on the assistant's tokens only; training in two phases, each with its own freeze
+plan and data mix (the default: phase 1 aligns the projectors only, LLaVA's plan; the tiny config:
+phase 1 is picture questions alone, so the lookups click early, then phase 2 the whole mix; the
+encoders stay frozen); a data mix that keeps the Thinker's prose while it learns new skills; and
+how to measure all of it on held-out pictures, unseen voices and unseen chapters.
 
     python -m omni.omni_data --out data/omni_tiny                      # spoken questions, ~1 minute
     python sft_omni.py --config configs/omni_tiny.json                 # 5-10 minutes on 2 CPU cores
@@ -30,7 +31,7 @@ from omni import config
 from omni.audio import FrontEndConfig
 from omni.audio_encoder import CharVocab, ctc_greedy_decode
 from omni.metrics import cer
-from omni.omni_data import OmniData, OmniDataConfig
+from omni.omni_data import KINDS, OmniData, OmniDataConfig
 from omni.omni_figures import plot_answers
 from omni.omni_model import from_stages, reply
 from omni.paths import repo_path
@@ -55,14 +56,19 @@ class InitConfig:
 @dataclass
 class PhaseConfig:
     steps: int = 100  # phase 1 optimizer steps, before train.max_steps of phase 2 (0 = no phase 1)
-    lr: float = 3e-3  # phase 1 peak learning rate (only small projectors learn: it can be high)
+    lr: float = 3e-3  # phase 1 peak learning rate (by default only small projectors learn: it can be high)
     warmup_steps: int = 10  # phase 1 linear warmup
+    shares: dict[str, float] = field(default_factory=dict)  # phase 1's data mix ({} = data.shares)
     lr_scale: dict[str, float] = field(default_factory=lambda: {"thinker.": 0.0, "vision.": 0.0, "audio.": 0.0}
                                        )  # phase 1 freeze plan: lr multiplier by parameter prefix, 0 freezes
 
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"PhaseConfig.steps must be >= 0, got {self.steps}")
+        if self.shares and (set(self.shares) - set(KINDS) or min(self.shares.values()) < 0
+                            or not any(v > 0 for v in self.shares.values())):
+            raise ValueError(f"PhaseConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, at least one > 0 "
+                             f"(or {{}} for data.shares); got {self.shares}")
 
 
 @dataclass
@@ -89,6 +95,9 @@ def main(cfg: OmniStageConfig) -> dict:
         if any(plan.get(p, 1.0) != 0 for p in ENCODERS):  # their features are computed once, below
             raise config.UserError(f"{where}: the encoders are frozen in stage E; it must map "
                                    f"{' and '.join(repr(p) for p in ENCODERS)} to 0, got {plan}")
+    if {k for k, v in cfg.phase1.shares.items() if v > 0} - {k for k, v in cfg.data.shares.items() if v > 0}:
+        raise config.UserError(f"phase1.shares: {cfg.phase1.shares} draws a kind that data.shares does not, so its "
+                               f"data is not loaded; give it a share in data.shares too ({cfg.data.shares})")
     run_dir = repo_path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -171,7 +180,7 @@ def main(cfg: OmniStageConfig) -> dict:
         out["bpb"] = bits_per_byte(m.thinker)
         return out
 
-    # 5. The loop: phase 1 (projectors only), then phase 2 (projectors and Thinker) --------------
+    # 5. The loop: phase 1 (its own freeze plan and mix), then phase 2 (projectors and Thinker) -
     offset = cfg.phase1.steps * cfg.train.grad_accum  # phase 2 draws other batches than phase 1
     full = {**config.to_dict(cfg), "inherited": inherited}
     phase1_seconds = 0.0
@@ -179,9 +188,11 @@ def main(cfg: OmniStageConfig) -> dict:
         p1 = dataclasses.replace(cfg.train, out_dir=f"{cfg.train.out_dir}/phase1", max_steps=cfg.phase1.steps,
                                  lr=cfg.phase1.lr, warmup_steps=cfg.phase1.warmup_steps,
                                  lr_scale=cfg.phase1.lr_scale, stop_at_step=0, eval_every=cfg.phase1.steps)
-        print(f"phase 1: {p1.max_steps} steps, only the projectors learn -> {p1.out_dir}")
-        phase1_seconds = fit(Task(model, data.batch, loss_fn, evaluate, "qa", "max", lambda b: b[0].numel(), "tok",
-                                  stage="E"), p1, full)["train_seconds"]
+        print(f"phase 1: {p1.max_steps} steps, frozen: {', '.join(k for k, v in p1.lr_scale.items() if v == 0)}; "
+              f"data: {', '.join(f'{k} {v:g}' for k, v in (cfg.phase1.shares or cfg.data.shares).items())} "
+              f"-> {p1.out_dir}")
+        phase1_seconds = fit(Task(model, lambda i: data.batch(i, cfg.phase1.shares), loss_fn, evaluate, "qa", "max",
+                                  lambda b: b[0].numel(), "tok", stage="E"), p1, full)["train_seconds"]
     model.requires_grad_(True)  # fit freezes by setting requires_grad off: phase 1's plan must not carry over
     print(f"phase 2: {cfg.train.max_steps} steps, projectors and Thinker learn -> {cfg.train.out_dir}")
     task = Task(model, lambda i: data.batch(i + offset), loss_fn, evaluate, best_metric="qa", best_mode="max",

@@ -163,8 +163,6 @@ class OmniData:
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
-        self.kinds = [k for k in KINDS if cfg.shares.get(k, 0) > 0]
-        self.p = torch.tensor([float(cfg.shares[k]) for k in self.kinds])
         self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
 
     def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0):
@@ -226,11 +224,13 @@ class OmniData:
             return ids, [1] * n, None, None
         return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None
 
-    def batch(self, i: int):
-        """Micro-batch i: one kind drawn by the shares, then B x batch_scale[kind] turns of it; a pure
-        function of i."""
+    def batch(self, i: int, shares: dict[str, float] | None = None):
+        """Micro-batch i: one kind drawn by the shares (None = data.shares), then B x batch_scale[kind]
+        turns of it; a pure function of i and the shares."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        kind = self.kinds[int(torch.multinomial(self.p, 1, generator=g))]
+        shares = shares or self.cfg.shares
+        kinds = [k for k in KINDS if shares.get(k, 0) > 0]
+        kind = kinds[int(torch.multinomial(torch.tensor([float(shares[k]) for k in kinds]), 1, generator=g))]
         turns = [self.turn(kind, g) for _ in range(self.B * self.cfg.batch_scale.get(kind, 1))]
         return (*collate([(ids, m) for ids, m, _, _ in turns], self.t.tok.pad_id),
                 self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1))

@@ -55,12 +55,15 @@ class ProjectorConfig:
     out_norm: bool = True  # RMS-norm the output, gain starting at the token embeddings' scale (False = raw MLP)
     image_pos: bool = True  # image projector: add a learned embedding per token position (cell) of the picture
     linear: list[str] = field(default_factory=list)  # modalities ("image", "audio") projected by one linear layer
+    init: str = "normal"  # output layer's start: "normal" (std 0.02) or "orthogonal" (keeps every direction's length)
 
     def __post_init__(self):
         if self.hidden < 1:
             raise ValueError(f"ProjectorConfig.hidden must be at least 1, got {self.hidden}")
         if set(self.linear) - {"image", "audio"}:
             raise ValueError(f"ProjectorConfig.linear: modalities are 'image' and 'audio', got {self.linear}")
+        if self.init not in ("normal", "orthogonal"):
+            raise ValueError(f"ProjectorConfig.init must be 'normal' or 'orthogonal', got {self.init!r}")
 
 
 class Projector(nn.Module):
@@ -76,7 +79,10 @@ class Projector(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         # Start small, at the scale of the Thinker's own embeddings (normal(0, 0.02) at init):
         # a projector that starts loud would drown the text around its positions.
-        nn.init.normal_(self.down.weight, std=0.02)
+        if cfg.init == "orthogonal":  # orthonormal columns (or rows), scaled to entries of the same size
+            nn.init.orthogonal_(self.down.weight, gain=0.02 * max(self.down.weight.shape) ** 0.5)
+        else:
+            nn.init.normal_(self.down.weight, std=0.02)
         nn.init.zeros_(self.down.bias)
         self.out_norm = cfg.out_norm
         self.gain = nn.Parameter(torch.ones(d_model)) if cfg.out_norm else None  # (d_model,), set by `match`

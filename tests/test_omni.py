@@ -134,14 +134,36 @@ def test_a_linear_projector_is_the_norm_then_one_matrix():
         ProjectorConfig(linear=["video"])
 
 
+def test_an_orthogonal_projector_keeps_every_distance():
+    """projector.init="orthogonal": the linear map's columns are orthonormal (up to one scale), so
+    it keeps the lengths of and the angles between the LayerNorm's outputs exactly; a normal start
+    stretches some directions several times more than others. An unknown init is an error."""
+    torch.manual_seed(0)
+    lin = {init: Projector(64, 192, ProjectorConfig(init=init, out_norm=False, image_pos=False), linear=True)
+           for init in ("normal", "orthogonal")}
+    s = {init: torch.linalg.svdvals(p.down.weight.detach()) for init, p in lin.items()}  # (64,) each
+    assert s["orthogonal"].max() / s["orthogonal"].min() < 1 + 1e-4
+    assert s["normal"].max() / s["normal"].min() > 2  # a 192 x 64 Gaussian: ~3.5 here
+    w = lin["orthogonal"].down.weight.detach()
+    assert abs(w.pow(2).mean().sqrt().item() - 0.02) < 1e-4  # the same entry size as the normal start
+    x = torch.nn.functional.layer_norm(torch.randn(2, 64), (64,))
+    with torch.no_grad():
+        y = lin["orthogonal"].down(x)  # down has no bias at the start (zeros)
+    ratio = (y[0] - y[1]).norm() / (x[0] - x[1]).norm()
+    assert torch.allclose(ratio, s["orthogonal"][0], rtol=1e-4)
+    with pytest.raises(ValueError, match="init"):
+        ProjectorConfig(init="xavier")
+
+
 def test_batch_scale_multiplies_the_rows_of_one_kind(world):
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what batch() reads; turns are stubs
     d.cfg = omni_data.OmniDataConfig(shares={"image_qa": 1, "text": 1}, batch_scale={"image_qa": 3})
-    d.t, d.seed, d.B, d.kinds, d.p, d.dims = ChatTemplate(tok), 0, 2, ["image_qa", "text"], torch.ones(2), (4, 4)
+    d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 2, (4, 4)
     d.turn = lambda kind, g: (*d.t.encode([("user", [kind])]), None, None)
     sizes = {len(d.batch(i)[0]) for i in range(20)}
     assert sizes == {2, 6}  # text batches of B rows, image question batches of 3 B
+    assert {len(d.batch(i, {"text": 1})[0]) for i in range(20)} == {2}  # another mix (phase1.shares): text only
     with pytest.raises(ValueError, match="batch_scale"):
         omni_data.OmniDataConfig(batch_scale={"image": 2})
 
@@ -267,4 +289,17 @@ def test_a_missing_or_mismatched_stage_checkpoint_is_one_clear_line(tmp_path, wo
         value = str(d / value)
     r = subprocess.run([sys.executable, "sft_omni.py", "--debug", *flags, f"--{key}={value}",
                         f"--train.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-800:]
+
+
+@pytest.mark.parametrize("shares, message", [
+    ('{"asr": 1}', "phase1.shares: {'asr': 1} draws a kind that data.shares does not"),
+    ('{"video": 1}', "phase1.shares: kinds are image_qa, caption, spoken_qa, asr, text"),
+])
+def test_a_phase_1_mix_names_only_kinds_whose_data_is_loaded(tmp_path, world, shares, message):
+    """phase1.shares draws phase 1's micro-batches by another mix, of kinds that data.shares loads."""
+    flags, _, _ = world
+    r = subprocess.run([sys.executable, "sft_omni.py", "--debug", *flags, '--data.shares={"image_qa": 1, "text": 1}',
+                        f"--phase1.shares={shares}", f"--train.out_dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-800:]
