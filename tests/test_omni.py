@@ -143,7 +143,7 @@ def test_an_orthogonal_projector_keeps_every_distance():
            for init in ("normal", "orthogonal")}
     s = {init: torch.linalg.svdvals(p.down.weight.detach()) for init, p in lin.items()}  # (64,) each
     assert s["orthogonal"].max() / s["orthogonal"].min() < 1 + 1e-4
-    assert s["normal"].max() / s["normal"].min() > 2  # a 192 x 64 Gaussian: ~3.5 here
+    assert s["normal"].max() / s["normal"].min() > 2  # a 192 x 64 Gaussian: 3.7 here
     w = lin["orthogonal"].down.weight.detach()
     assert abs(w.pow(2).mean().sqrt().item() - 0.02) < 1e-4  # the same entry size as the normal start
     x = torch.nn.functional.layer_norm(torch.randn(2, 64), (64,))
