@@ -31,7 +31,7 @@ from omni import config
 from omni.audio import FrontEndConfig
 from omni.audio_encoder import CharVocab, ctc_greedy_decode
 from omni.metrics import cer
-from omni.omni_data import KINDS, OmniData, OmniDataConfig
+from omni.omni_data import OmniData, OmniDataConfig, check_shares
 from omni.omni_figures import plot_answers
 from omni.omni_model import from_stages, reply
 from omni.paths import repo_path
@@ -65,10 +65,8 @@ class PhaseConfig:
     def __post_init__(self):
         if self.steps < 0:
             raise ValueError(f"PhaseConfig.steps must be >= 0, got {self.steps}")
-        if self.shares and (set(self.shares) - set(KINDS) or min(self.shares.values()) < 0
-                            or not any(v > 0 for v in self.shares.values())):
-            raise ValueError(f"PhaseConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, at least one > 0 "
-                             f"(or {{}} for data.shares); got {self.shares}")
+        if self.shares:  # {} = data.shares
+            check_shares(self.shares, "PhaseConfig.shares")
 
 
 @dataclass

@@ -50,6 +50,12 @@ QUESTION_KINDS = {"what colour": "colour", "what shape": "shape", "what size": "
 CAPTION_PROMPT, ASR_PROMPT, TEXT_PROMPT = "describe the picture.", "what did they say?", "continue the passage:\n"
 
 
+def check_shares(shares: dict[str, float], where: str):
+    """A data mix: kinds of KINDS, shares >= 0, at least one > 0 (else a ValueError naming `where`)."""
+    if set(shares) - set(KINDS) or not any(v > 0 for v in shares.values()) or min(shares.values(), default=0) < 0:
+        raise ValueError(f"{where}: kinds are {', '.join(KINDS)} with shares >= 0, at least one > 0; got {shares}")
+
+
 @dataclass
 class OmniDataConfig:
     shapes: str = "data/shapes_tiny"  # the shapes world of stage C: train/val/test.jsonl with questions
@@ -72,10 +78,7 @@ class OmniDataConfig:
 
 
     def __post_init__(self):
-        bad = sorted(set(self.shares) - set(KINDS))
-        if bad or not any(v > 0 for v in self.shares.values()) or min(self.shares.values(), default=0) < 0:
-            raise ValueError(f"OmniDataConfig.shares: kinds are {', '.join(KINDS)} with shares >= 0, "
-                             f"at least one > 0; got {self.shares}")
+        check_shares(self.shares, "OmniDataConfig.shares")
         if self.qa_turns < 1:
             raise ValueError(f"OmniDataConfig.qa_turns: must be >= 1, got {self.qa_turns}")
         bad = {k: v for k, v in self.batch_scale.items() if k not in KINDS or not isinstance(v, int) or v < 1}
