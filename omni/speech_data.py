@@ -15,10 +15,13 @@ Splits (the point of the test split is generalisation to new speakers, not memor
 - test:  only voices whose variant never occurs in training, in any accent (optionally whole
          accents too, --test-accents), and Austen sentences never used in training.
 The image-world sentences come from a small grammar, so the same one can occur in two splits;
-what the test split holds out there is the voice.
+what the test split holds out there is the voice. Each split also holds bare answers ("purple",
+"top left", "three": stage E's answers, --answer-share of its size, source "answer"), so that the
+recogniser, the judge of stage E's spoken answers, has heard a word said on its own; a model that
+only ever heard sentences hears eSpeak's own "bottom" as "butom" (chapter 8).
 Output: `wav/*.wav` (16 kHz mono) and `train.jsonl`, `val.jsonl`, `test.jsonl` with one line per
 clip: {"audio": "wav/train_000000.wav", "text": ..., "speaker": ..., "duration": seconds,
-"source": "austen" or "world"} (`source` is optional in a manifest; it lets the stage report
+"source": "austen", "world" or "answer"} (`source` is optional in a manifest; it lets the stage report
 error rates per kind of sentence).
 
 One voice (--voice ACCENT+VARIANT, stage D's voice to imitate): the same sentence kinds spoken by
@@ -178,8 +181,11 @@ def make_voices(rng: random.Random, test_accents: list[str], test_variants: list
 
 
 def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
-         test_accents: list[str], test_variants: list[str], rate=(140, 200), pitch=(30, 70)) -> list[dict]:
-    """Every clip to make (split, index, sentence, voice), decided up front from the seed."""
+         test_accents: list[str], test_variants: list[str], rate=(140, 200), pitch=(30, 70),
+         answer_share: float = 0.0) -> list[dict]:
+    """Every clip to make (split, index, sentence, voice), decided up front from the seed; then
+    answer_share x the split's size more clips of bare answers ("purple", "top left"; source
+    "answer") spoken by the split's voices."""
     rng = random.Random(seed)
     voices = make_voices(rng, test_accents, test_variants, rate, pitch)
     book = austen_sentences(corpus)
@@ -197,11 +203,17 @@ def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
         for i, (text, source) in enumerate(texts):
             clips.append({"split": split, "index": i, "spoken": text, "source": source,
                           "voice": rng.choice(voices[split])})
+    # Bare answers last, from a generator of their own: the sentence clips, their voices and (since
+    # each shard speaks its clips in list order) their audio are the same with or without them.
+    rng = random.Random(f"{seed}-answers")
+    for split in SPLITS:
+        clips += [{"split": split, "index": sizes[split] + i, "spoken": rng.choice(ANSWERS), "source": "answer",
+                   "voice": rng.choice(voices[split])} for i in range(round(sizes[split] * answer_share))]
     return clips
 
 
 def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share: float,
-                   test_world_share: float, corpus: Path, answer_copies: int = 4) -> list[dict]:
+                   test_world_share: float, corpus: Path, answer_copies: int = 16) -> list[dict]:
     """Every clip of a one-voice set: each normalized sentence at most once in the whole set (so no
     val or test sentence is trained on), test first so it gets the most common world sentences; then
     each bare answer answer_copies times in train only (one-word utterances: how stage E's answers sound)."""
@@ -267,7 +279,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
           austen_share: float = 0.25, corpus: str = "data/austen", test_accents=TEST_ACCENTS,
           test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2, voice: str | None = None,
           rate: int = 175, pitch: int = 50, test_world_share: float = 0.8,
-          answer_copies: int = 4) -> dict[str, Path]:
+          answer_copies: int = 16, answer_share: float = 0.1) -> dict[str, Path]:
     """Write the data set to `out`; returns {split: manifest path}. A folder already built with the
     same settings is left as it is (its build.json says how it was made). With `voice`
     ('ACCENT+VARIANT') it is a one-voice set with word timings (see the module docstring)."""
@@ -276,7 +288,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     one = parse_voice(voice, rate, pitch) if voice else None  # a bad name fails before any work
     settings = {"seed": seed, "train": train, "val": val, "test": test, "austen_share": austen_share,
                 "corpus": corpus, "test_accents": list(test_accents), "test_variants": list(test_variants),
-                "shards": shards}
+                "shards": shards, "answer_share": answer_share}
     if one:
         settings = {"seed": seed, "voice": one.speaker_id, "train": train, "val": val, "test": test,
                     "austen_share": austen_share, "test_world_share": test_world_share, "corpus": corpus,
@@ -292,7 +304,8 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     if one:
         clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus), answer_copies)
     else:
-        clips = plan(seed, sizes, austen_share, repo_path(corpus), list(test_accents), list(test_variants))
+        clips = plan(seed, sizes, austen_share, repo_path(corpus), list(test_accents), list(test_variants),
+                     answer_share=answer_share)
     jobs = [(clips[k::shards], str(out_dir)) for k in range(shards)]
     # spawn + one task per process: every shard starts from eSpeak's freshly loaded state
     with mp.get_context("spawn").Pool(max(1, min(workers, shards)), maxtasksperchild=1) as pool:
@@ -343,9 +356,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     p.add_argument("--test", type=int, help="test clips (default 600; 200 with --voice)")
     p.add_argument("--test-world-share", type=float, default=0.8,
                    help="--voice: fraction of image-world sentences in test (the rest are Austen)")
-    p.add_argument("--answer-copies", type=int, default=4,
+    p.add_argument("--answer-copies", type=int, default=16,
                    help="--voice: copies of each bare answer (\"purple\", \"top left\") in train")
     p.add_argument("--austen-share", type=float, default=0.25, help="fraction of Austen sentences")
+    p.add_argument("--answer-share", type=float, default=0.1,
+                   help="many voices: bare answers (\"purple\", \"top left\") added to each split, "
+                        "as a fraction of its size")
     p.add_argument("--corpus", default="data/austen", help="folder of .txt books")
     p.add_argument("--test-accents", default=",".join(TEST_ACCENTS), help="comma-separated held-out accents")
     p.add_argument("--test-variants", default=",".join(TEST_VARIANTS), help="held-out variants, a,b,...")
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                                                         (3000, 100, 200) if a.voice else (6000, 300, 600))]
     return build(a.out, a.seed, *sizes, a.austen_share, a.corpus, split_list(a.test_accents),
                  split_list(a.test_variants), a.workers, voice=a.voice, rate=a.rate, pitch=a.pitch,
-                 test_world_share=a.test_world_share, answer_copies=a.answer_copies)
+                 test_world_share=a.test_world_share, answer_copies=a.answer_copies, answer_share=a.answer_share)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from omni.audio_encoder import CharVocab
 from omni.config import UserError
 from omni.librispeech import prepare
 from omni.ljspeech import prepare as prepare_ljspeech
-from omni.speech_data import ANSWERS, TEST_ACCENTS, TEST_VARIANTS, build, normalize, spoken_form, word_starts
+from omni.paths import repo_path
+from omni.speech_data import ANSWERS, TEST_ACCENTS, TEST_VARIANTS, build, normalize, plan, spoken_form, word_starts
 from omni.tts import Voice, WordEvent, english_accents, synthesize, voice_variants
 
 
@@ -20,7 +21,7 @@ def read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-TINY = dict(seed=3, train=6, val=2, test=4, workers=1, shards=1)
+TINY = dict(seed=3, train=6, val=2, test=4, workers=1, shards=1, answer_share=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +54,15 @@ def test_data_command_writes_valid_manifests_with_unseen_test_voices(tiny_speech
     paths, _ = tiny_speech
     vocab = CharVocab()
     rows = {split: read(p) for split, p in paths.items()}
-    assert [len(rows[s]) for s in ("train", "val", "test")] == [6, 2, 4]
+    assert [len(rows[s]) for s in ("train", "val", "test")] == [6 + 3, 2 + 1, 4 + 2]  # sentences + answers
     for split, part in rows.items():
         for r in part:
             assert set(r) == {"audio", "text", "speaker", "duration", "source"} and vocab.is_valid(r["text"])
-            assert r["source"] in ("austen", "world")
+            assert r["source"] in ("austen", "world", "answer")
+            assert (r["source"] == "answer") == (r["text"] in ANSWERS and len(r["text"].split()) <= 2)
             wav, sr = sf.read(paths[split].parent / r["audio"])
             assert sr == 16000 and wav.ndim == 1 and abs(len(wav) / sr - r["duration"]) < 1e-3
-            assert 0.3 < r["duration"] < 8
+            assert 0.15 < r["duration"] < 8
     train_voices = {r["speaker"] for r in rows["train"] + rows["val"]}
     test_voices = {r["speaker"] for r in rows["test"]}
     assert not train_voices & test_voices
@@ -70,6 +72,19 @@ def test_data_command_writes_valid_manifests_with_unseen_test_voices(tiny_speech
     for v in train_voices:
         accent, variant = v.split("@")[0].split("+")
         assert accent not in TEST_ACCENTS and variant not in TEST_VARIANTS
+
+
+def test_bare_answers_come_after_the_sentences_and_change_none_of_them():
+    """The answer clips have a generator of their own and come last, so a set built with them holds
+    the same sentence clips, spoken by the same voices in the same order, as one built without."""
+    args = (3, {"train": 40, "val": 8, "test": 12}, 0.25, repo_path("data/austen"), TEST_ACCENTS, TEST_VARIANTS)
+    without, with_answers = plan(*args), plan(*args, answer_share=0.25)
+    assert with_answers[:len(without)] == without
+    extra = with_answers[len(without):]
+    assert [sum(c["split"] == s for c in extra) for s in ("train", "val", "test")] == [10, 2, 3]
+    assert all(c["source"] == "answer" and c["spoken"] in ANSWERS for c in extra)
+    for c in extra:  # test answers by unseen voices only, train and val answers by training voices
+        assert (c["voice"].variant in TEST_VARIANTS) == (c["split"] == "test")
 
 
 def test_data_command_is_deterministic_for_a_seed(tiny_speech):
@@ -94,7 +109,7 @@ def test_feature_cache_is_written_once_and_reused(tiny_speech, monkeypatch):
     assert len(list((train.parent / ".cache").glob("train-*.pt"))) == 1
     monkeypatch.setattr(audio, "_compute", lambda *a: pytest.fail("features recomputed despite the cache"))
     again = load_speech_set(train, valid_text=CharVocab().is_valid)
-    assert again.texts == first.texts and all(n > 50 for n in again.lengths)
+    assert again.texts == first.texts and all(n > 15 for n in again.lengths)  # a bare answer: 0.2 s or more
     assert np.array_equal(again.features(0).numpy(), first.features(0).numpy())
 
 
