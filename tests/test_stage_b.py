@@ -14,7 +14,8 @@ from tests.conftest import assert_resume_exact, run_stage
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
-    """16 clips in three manifests; returns the command-line flags that point the stage at them."""
+    """17 clips (16 sentences and one bare answer) in three manifests; returns the command-line flags
+    that point the stage at them."""
     paths = build(tmp_path_factory.mktemp("speech"), seed=1, train=10, val=3, test=3, workers=1, shards=1)
     return [f"--data.{split}={p}" for split, p in paths.items()]
 
@@ -24,7 +25,7 @@ def test_train_audio_enc_debug_runs_end_to_end_in_a_subprocess(tmp_path, speech)
                         *speech], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "unseen voices: test CER" in r.stdout and "test | ref:" in r.stdout
-    assert "10 of 10 clips usable" in r.stdout
+    assert "11 of 11 clips usable" in r.stdout  # 10 sentences + 1 bare answer
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"val_cer", "val_wer", "test_cer", "test_wer", "loss", "step"} <= set(metrics)
     assert metrics["step"] == 6 and 0 <= metrics["test_cer"] <= 5
