@@ -119,9 +119,11 @@ class Codec(nn.Module):
 
 
 def pad_mel(mel: torch.Tensor) -> torch.Tensor:
-    """(T, n_mels) -> (ceil(T / 4) * 4, n_mels), padded with the clip's quietest value (silence)."""
+    """(T, n_mels) -> (ceil(T / 4) * 4, n_mels), the last frame repeated. The last code frame of a clip
+    then holds the sound the clip ends on. Padding with silence instead taught the Talker to end every
+    answer in a sudden drop to the floor, which the recogniser heard as a "t" ("blue" -> "bluet")."""
     extra = -len(mel) % HOP
-    return torch.cat([mel, mel.min().expand(extra, mel.shape[1])]) if extra else mel
+    return torch.cat([mel, mel[-1:].expand(extra, mel.shape[1])]) if extra else mel
 
 
 @torch.no_grad()

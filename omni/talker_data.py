@@ -31,6 +31,7 @@ from omni.config import UserError
 from omni.paths import repo_path
 
 FRAME_RATE = 100 / HOP  # codec frames per second (25)
+PAD = "last frame"  # how pad_mel fills a clip to whole code frames: part of the codes cache's key
 
 
 def word_tokens(tokenizer, text: str) -> tuple[list[int], list[int]]:
@@ -125,7 +126,7 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
     path = repo_path(manifest)
     rows = read_manifest(path)
     key = hashlib.sha1(json.dumps(asdict(audio), sort_keys=True).encode() + path.read_bytes()
-                       + _file_hash(codec_path).encode()).hexdigest()[:12]
+                       + _file_hash(codec_path).encode() + PAD.encode()).hexdigest()[:12]
     cache = path.parent / ".cache" / f"{path.stem}-codes-{key}.pt"
     mels = [pad_mel(speech.features(i)) for i in range(len(speech))]  # (4 T_i, n_mels)
     if cache.is_file():

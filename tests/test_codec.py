@@ -58,7 +58,11 @@ def test_encode_decode_shapes_and_bitrate():
     assert codec.bitrate == 25 * 3 * 3
     with pytest.raises(ValueError, match="multiple of 4"):
         codec.encode(torch.randn(1, 37, 80))
-    assert pad_mel(torch.randn(37, 80)).shape == (40, 80)
+    mel = torch.randn(37, 80)
+    padded = pad_mel(mel)
+    assert padded.shape == (40, 80) and torch.equal(padded[:37], mel)
+    assert torch.equal(padded[37:], mel[-1:].expand(3, 80))  # the last frame held, no drop to silence
+    assert torch.equal(pad_mel(mel[:36]), mel[:36])
     recon, per_clip = reconstruct(codec, [torch.randn(37, 80), torch.randn(12, 80)])
     assert [r.shape for r in recon] == [(37, 80), (12, 80)] and [c.shape for c in per_clip] == [(10, 3), (3, 3)]
 
