@@ -48,6 +48,7 @@ import random
 import re
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import soundfile as sf
@@ -213,10 +214,13 @@ def plan(seed: int, sizes: dict[str, int], austen_share: float, corpus: Path,
 
 
 def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share: float,
-                   test_world_share: float, corpus: Path, answer_copies: int = 16) -> list[dict]:
+                   test_world_share: float, corpus: Path, answer_copies: int = 16,
+                   answer_rate_spread: int = 15) -> list[dict]:
     """Every clip of a one-voice set: each normalized sentence at most once in the whole set (so no
     val or test sentence is trained on), test first so it gets the most common world sentences; then
-    each bare answer answer_copies times in train only (one-word utterances: how stage E's answers sound)."""
+    each bare answer answer_copies times in train only (one-word utterances: how stage E's answers sound),
+    the copies at speaking rates spread evenly over the voice's rate +- answer_rate_spread words per
+    minute, so the Talker hears each lone word at several lengths, not one."""
     rng = random.Random(seed)
     book = austen_sentences(corpus)
     rng.shuffle(book)
@@ -228,9 +232,12 @@ def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share:
         raise UserError(f"{corpus}: only {len(book)} short sentences for {sum(n_book.values())} "
                         "Austen clips; lower the sizes or --austen-share")
     clips, start = [], 0
+    n = max(1, answer_copies - 1)
+    paced = [replace(voice, rate=voice.rate - answer_rate_spread + round(2 * answer_rate_spread * k / n))
+             for k in range(answer_copies)] if answer_copies > 1 else [voice] * answer_copies
     seen |= {normalize(a) for a in ANSWERS}  # never drawn as a val or test sentence
     for split in ("test", "val", "train"):
-        texts = [(t, "austen") for t in book[start: start + n_book[split]]]
+        texts = [(t, "austen", voice) for t in book[start: start + n_book[split]]]
         start += n_book[split]
         tries = 0
         while len(texts) < sizes[split]:  # distinct image-world sentences, drawn from the grammar
@@ -238,15 +245,15 @@ def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share:
             tries += 1
             if normalize(t) not in seen:
                 seen.add(normalize(t))
-                texts.append((t, "world"))
+                texts.append((t, "world", voice))
             elif tries > 200 * sizes[split]:
                 raise UserError(f"the image world has about {len(seen)} distinct sentences, too few for "
                                 f"--{split} {sizes[split]}; lower the sizes or raise --austen-share")
         if split == "train":
-            texts += [(a, "world") for a in ANSWERS for _ in range(answer_copies)]
+            texts += [(a, "world", v) for a in ANSWERS for v in paced]
         rng.shuffle(texts)
-        clips += [{"split": split, "index": i, "spoken": t, "source": src, "voice": voice, "timed": True}
-                  for i, (t, src) in enumerate(texts)]
+        clips += [{"split": split, "index": i, "spoken": t, "source": src, "voice": v, "timed": True}
+                  for i, (t, src, v) in enumerate(texts)]
     return clips
 
 
@@ -279,7 +286,7 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
           austen_share: float = 0.25, corpus: str = "data/austen", test_accents=TEST_ACCENTS,
           test_variants=TEST_VARIANTS, workers: int = 2, shards: int = 2, voice: str | None = None,
           rate: int = 175, pitch: int = 50, test_world_share: float = 0.8,
-          answer_copies: int = 16, answer_share: float = 0.1) -> dict[str, Path]:
+          answer_copies: int = 16, answer_share: float = 0.1, answer_rate_spread: int = 15) -> dict[str, Path]:
     """Write the data set to `out`; returns {split: manifest path}. A folder already built with the
     same settings is left as it is (its build.json says how it was made). With `voice`
     ('ACCENT+VARIANT') it is a one-voice set with word timings (see the module docstring)."""
@@ -292,7 +299,8 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     if one:
         settings = {"seed": seed, "voice": one.speaker_id, "train": train, "val": val, "test": test,
                     "austen_share": austen_share, "test_world_share": test_world_share, "corpus": corpus,
-                    "shards": shards, "events": "words+phonemes", "answer_copies": answer_copies}
+                    "shards": shards, "events": "words+phonemes", "answer_copies": answer_copies,
+                    "answer_rate_spread": answer_rate_spread}
     paths = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
     done = out_dir / "build.json"
     built = done.is_file() and json.loads(done.read_text()) == settings
@@ -302,7 +310,8 @@ def build(out: str | Path, seed: int = 0, train: int = 6000, val: int = 300, tes
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     sizes = {"train": train, "val": val, "test": test}
     if one:
-        clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus), answer_copies)
+        clips = plan_one_voice(seed, one, sizes, austen_share, test_world_share, repo_path(corpus), answer_copies,
+                               answer_rate_spread)
     else:
         clips = plan(seed, sizes, austen_share, repo_path(corpus), list(test_accents), list(test_variants),
                      answer_share=answer_share)
@@ -358,6 +367,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                    help="--voice: fraction of image-world sentences in test (the rest are Austen)")
     p.add_argument("--answer-copies", type=int, default=16,
                    help="--voice: copies of each bare answer (\"purple\", \"top left\") in train")
+    p.add_argument("--answer-rate-spread", type=int, default=15,
+                   help="--voice: the copies' speaking rates spread evenly over --rate +- this (words per minute)")
     p.add_argument("--austen-share", type=float, default=0.25, help="fraction of Austen sentences")
     p.add_argument("--answer-share", type=float, default=0.1,
                    help="many voices: bare answers (\"purple\", \"top left\") added to each split, "
@@ -373,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                                                         (3000, 100, 200) if a.voice else (6000, 300, 600))]
     return build(a.out, a.seed, *sizes, a.austen_share, a.corpus, split_list(a.test_accents),
                  split_list(a.test_variants), a.workers, voice=a.voice, rate=a.rate, pitch=a.pitch,
-                 test_world_share=a.test_world_share, answer_copies=a.answer_copies, answer_share=a.answer_share)
+                 test_world_share=a.test_world_share, answer_copies=a.answer_copies, answer_share=a.answer_share,
+                 answer_rate_spread=a.answer_rate_spread)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ can only be judged against what the judge makes of the original.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -62,14 +63,15 @@ def talker_ear(talker: str, judge: str, gl_iters: int = 48, batch: int = 32) -> 
 
 
 def talker_voice(talker: str) -> str:
-    """The eSpeak voice a stage D Talker learned from (the speaker of its training manifest), as
-    a speaker id like 'en-us+m1@r175p50'."""
+    """The eSpeak voice a stage D Talker learned from (the most common speaker of its training
+    manifest: the bare answers are also said a little faster and slower), as a speaker id like
+    'en-us+m1@r175p50'."""
     from omni.audio import read_manifest
     from omni.checkpoint import load_stage_checkpoint
     from omni.paths import repo_path
 
     manifest = load_stage_checkpoint(talker, "D-talker")["config"]["data"]["train"]
-    return read_manifest(repo_path(manifest))[0]["speaker"]
+    return Counter(r["speaker"] for r in read_manifest(repo_path(manifest))).most_common(1)[0][0]
 
 
 def espeak_ear(voice: str, judge: str, gl_iters: int = 48) -> Callable[[list[str]], list[str]]:

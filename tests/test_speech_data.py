@@ -12,9 +12,19 @@ from omni.audio_encoder import CharVocab
 from omni.config import UserError
 from omni.librispeech import prepare
 from omni.ljspeech import prepare as prepare_ljspeech
-from omni.paths import repo_path
-from omni.speech_data import ANSWERS, TEST_ACCENTS, TEST_VARIANTS, build, normalize, plan, spoken_form, word_starts
-from omni.tts import Voice, WordEvent, english_accents, synthesize, voice_variants
+from omni.paths import ROOT, repo_path
+from omni.speech_data import (
+    ANSWERS,
+    TEST_ACCENTS,
+    TEST_VARIANTS,
+    build,
+    normalize,
+    plan,
+    plan_one_voice,
+    spoken_form,
+    word_starts,
+)
+from omni.tts import Voice, WordEvent, english_accents, parse_voice, synthesize, voice_variants
 
 
 def read(path):
@@ -251,3 +261,20 @@ def test_ljspeech_layout_becomes_manifests_with_stretched_word_timings(tmp_path,
     assert len(s) == 2 and all(abs(n / 100 - by_text[t]["duration"]) < 0.02 for n, t in zip(s.lengths, s.texts))
     with pytest.raises(UserError, match="metadata.csv"):
         prepare_ljspeech(tmp_path / "out", tmp_path / "out2")
+
+
+def test_one_voice_bare_answers_come_at_spread_rates_and_sentences_at_the_voice():
+    voice = parse_voice("en-us+m1", 175, 50)
+    sizes = {"train": 20, "val": 3, "test": 5}
+    clips = plan_one_voice(1, voice, sizes, 0.25, 0.8, ROOT / "data/austen", answer_copies=4,
+                           answer_rate_spread=15)
+    answers = [c for c in clips if c["split"] == "train" and c["spoken"] in ANSWERS]
+    assert len(answers) == 4 * len(ANSWERS)
+    for a in ANSWERS:  # each answer once at 160, 170, 180 and 190 words per minute, same voice otherwise
+        assert sorted(c["voice"].rate for c in answers if c["spoken"] == a) == [160, 170, 180, 190]
+    assert {(c["voice"].name, c["voice"].pitch) for c in answers} == {(voice.name, voice.pitch)}
+    assert all(c["voice"] == voice for c in clips if c["spoken"] not in ANSWERS)
+    # the spread changes only the answers' voices: the sentences and the order stay as they were
+    same = plan_one_voice(1, voice, sizes, 0.25, 0.8, ROOT / "data/austen", answer_copies=4, answer_rate_spread=0)
+    assert [c["spoken"] for c in same] == [c["spoken"] for c in clips]
+    assert {c["voice"] for c in same} == {voice}
