@@ -232,6 +232,7 @@ def plan_one_voice(seed: int, voice: Voice, sizes: dict[str, int], austen_share:
         raise UserError(f"{corpus}: only {len(book)} short sentences for {sum(n_book.values())} "
                         "Austen clips; lower the sizes or --austen-share")
     clips, start = [], 0
+    # copy k of each answer at rate - spread + k * (2 spread / (copies - 1)); one copy keeps the voice's own rate
     n = max(1, answer_copies - 1)
     paced = [replace(voice, rate=voice.rate - answer_rate_spread + round(2 * answer_rate_spread * k / n))
              for k in range(answer_copies)] if answer_copies > 1 else [voice] * answer_copies
