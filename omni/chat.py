@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from omni.audio import load_audio, log_mel
-from omni.chat_template import AUDIO, IMAGE
+from omni.chat_template import AUDIO, user_parts
 from omni.config import UserError
 from omni.omni_data import ASR_PROMPT
 from omni.omni_model import load_omni
@@ -119,12 +119,13 @@ def demo_inputs(shapes: str = "data/shapes_tiny", spoken: str = "data/omni_tiny"
     raise UserError(f"--demo: no test picture in {pictures} has a colour or shape question spoken in {clips}")
 
 
-def run(model, template, front_end, args) -> str:
+def run(model, template, front_end, args, question_first: bool = False) -> str:
+    """Answer one turn. question_first: the question before the picture, as the run was trained
+    (its config's data.question_first)."""
     t0 = time.time()
-    parts, image, audio = [], None, None
+    parts, image, audio = [], None, None  # parts: the question (spoken, typed); the picture joins it below
     if args.image:
         image = model.encode_images(load_image(repo_path(args.image), model.vision.cfg.image_size)[None])[0]
-        parts.append((IMAGE, len(image)))
     if args.audio:
         path = repo_path(args.audio)
         if not path.is_file():
@@ -140,6 +141,8 @@ def run(model, template, front_end, args) -> str:
         print(f"question heard as: {heard}")
     if args.text:
         parts.append(args.text)
+    if image is not None:
+        parts = user_parts(len(image), parts, question_first)
     prep = time.time() - t0
     print("answer: ", end="", flush=True)
     text, first = answer(model, template, parts, image, audio, args.tokens)
@@ -160,20 +163,21 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--recogniser", default="runs/audio_enc_tiny/best.pt", help="stage B model that checks the speech")
     p.add_argument("--demo", action="store_true", help="a held-out picture and a question spoken by an unseen voice")
     args = p.parse_args(argv)
-    model, template, front_end, _ = load_omni(args.checkpoint)
+    model, template, front_end, cfg = load_omni(args.checkpoint)
+    question_first = cfg.get("data", {}).get("question_first", False)
     if args.demo:
         args.image, args.audio, qa = demo_inputs()
         print(f"demo: picture {args.image} | question '{qa['q']}' spoken by {qa['speaker']} ({args.audio}) "
               f"| expected answer: {qa['a']}")
     if args.image or args.audio or args.text:
-        return run(model, template, front_end, args)
+        return run(model, template, front_end, args, question_first)
     print("text chat with the omni model; an empty line ends it")
     text = ""
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you: "), ""):
         if not line.strip():
             break
         args.text = line.strip()
-        text = run(model, template, front_end, args)
+        text = run(model, template, front_end, args, question_first)
     return text
 
 

@@ -27,6 +27,14 @@ from omni.tokenizer import Tokenizer
 IMAGE, AUDIO = "image", "audio"  # a message part ("image", n) or ("audio", n): n feature frames
 
 
+def user_parts(image_frames: int, question: list, question_first: bool) -> list:
+    """A user turn about a picture: the picture's part and the question's parts (typed text, a spoken
+    clip, or both), in the run's order. With question_first the Thinker's causal attention lets
+    every picture token already see what is asked (training and chat must use the same order)."""
+    picture = [(IMAGE, image_frames)]
+    return [*question, *picture] if question_first else [*picture, *question]
+
+
 class ChatTemplate:
     def __init__(self, tok: Tokenizer):
         self.tok = tok

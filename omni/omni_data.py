@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from omni.audio import FrontEndConfig, load_speech_set, pad_batch
-from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate
+from omni.chat_template import AUDIO, ChatTemplate, collate, user_parts
 from omni.config import UserError
 from omni.paths import repo_path
 from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, _speak_shard, make_voices, normalize
@@ -188,7 +188,7 @@ class OmniData:
     def ask(self, img: torch.Tensor, question) -> list:
         """The user's parts: the picture and the question, in the configured order. The Thinker's
         attention is causal: picture tokens after the question can already look for what it asks."""
-        return [question, (IMAGE, len(img))] if self.cfg.question_first else [(IMAGE, len(img)), question]
+        return user_parts(len(img), [question], self.cfg.question_first)
 
     # -- turns: (ids, loss mask, image features or None, audio features or None)
     def turn(self, kind: str, g: torch.Generator):

@@ -11,7 +11,7 @@ import torch
 
 from omni import omni_data, shapes, speech_data
 from omni.audio_encoder import AudioCTC, AudioEncoderConfig
-from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice
+from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice, user_parts
 from omni.clip import CLIP, ClipConfig, TextConfig
 from omni.codec import Codec, CodecConfig
 from omni.paths import ROOT
@@ -208,6 +208,19 @@ def test_plain_text_rows_count_every_token(world):
     d.cfg = omni_data.OmniDataConfig(text_tokens=8)  # the chat turn: only the reply counts
     ids, mask, _, _ = d.turn("text", torch.Generator().manual_seed(0))
     assert d.t.im_start in ids and 0 < sum(mask) <= 5
+
+
+def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
+    _, tok, _ = world
+    t = ChatTemplate(tok)
+    spoken_and_typed = [(AUDIO, 3), "what colour is the star?"]
+    assert user_parts(9, spoken_and_typed, True) == [*spoken_and_typed, (IMAGE, 9)]
+    assert user_parts(9, spoken_and_typed, False) == [(IMAGE, 9), *spoken_and_typed]
+    ids, _ = t.encode([("user", user_parts(9, ["what colour is the star?"], True))])
+    assert ids.index(t.image_id) > ids.index(t.text_ids("what colour is the star?")[0])
+    d = object.__new__(omni_data.OmniData)  # the training rows take the same order from data.question_first
+    d.cfg = omni_data.OmniDataConfig(question_first=True)
+    assert d.ask(torch.zeros(9, 4), "where is the star?") == ["where is the star?", (IMAGE, 9)]
 
 
 def test_loss_mask_covers_the_assistant_tokens_only(world):
