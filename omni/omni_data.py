@@ -3,9 +3,11 @@
 Five kinds of turn, mixed by the shares in the config (data.shares), one kind per micro-batch
 (so rows of similar length share a batch and little is padding):
 
-    image_qa   [picture] what colour is the star?        -> purple
-    caption    [picture] describe the picture.           -> a big purple star at the top left and ...
-    spoken_qa  [picture] [the question, spoken]          -> purple
+    image_qa   what colour is the star? [picture]        -> purple
+    caption    describe the picture. [picture]           -> a big purple star at the top left and ...
+    spoken_qa  [the question, spoken] [picture]          -> purple
+
+(with data.question_first, the tiny config's order; by default the picture comes first, as in LLaVA)
     asr        [speech] what did they say?               -> she was not sorry to be gone
     text       continue the passage: [64 Austen tokens]  -> [the next 64 tokens]
 

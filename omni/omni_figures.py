@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Draw one training row of stage E (picture + spoken question -> answer) for the book."""
     import argparse
 
-    from omni.chat_template import AUDIO, IMAGE, ChatTemplate
+    from omni.chat_template import AUDIO, ChatTemplate, user_parts
     from omni.paths import repo_path
     from omni.tokenizer import Tokenizer
 
@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", default="chapters/figures/omni_template.png", help="the PNG to write")
     a = p.parse_args(argv)
     t = ChatTemplate(Tokenizer(repo_path(a.tokenizer)))
-    turns = [("user", [(IMAGE, 9), (AUDIO, 14)]), ("assistant", ["purple"]),
-             ("user", [(IMAGE, 9), "where is the green circle?"]), ("assistant", ["top left"])]
+    # the tiny config's order (data.question_first): the question, then the picture
+    turns = [("user", user_parts(9, [(AUDIO, 14)], True)), ("assistant", ["purple"]),
+             ("user", user_parts(9, ["where is the green circle?"], True)), ("assistant", ["top left"])]
     ids, mask = t.encode(turns)
     names = {t.image_id: "img", t.audio_id: "aud"}
     pieces = [names.get(i) or t.tok.sp.id_to_piece(i).replace("\n", "\\n").replace("\u2581", " ") for i in ids]
-    title = ("two turns: a picture with a spoken question (14 audio frames, 0.56 s), then a picture with a typed "
-             "one; the loss counts the framed tokens")
+    title = ("two turns: a spoken question (14 audio frames, 0.56 s) then a picture, a typed question then a "
+             "picture; the loss counts the framed tokens")
     return plot_row(pieces, t.kinds(ids), mask, repo_path(a.out), title)
 
 
