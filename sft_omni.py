@@ -36,6 +36,7 @@ from omni.omni_figures import plot_answers
 from omni.omni_model import from_stages, reply
 from omni.paths import repo_path
 from omni.projector import ProjectorConfig
+from omni.shapes import POSITIONS
 from omni.speech_data import normalize
 from omni.spoken_answers import espeak_ear, score_spoken_answers, talker_ear, talker_voice
 from omni.trainer import Task, TrainConfig, fit
@@ -105,6 +106,12 @@ def main(cfg: OmniStageConfig) -> dict:
         torch.set_num_threads(cfg.train.threads)
     model, template, inherited, ctc = from_stages(cfg.init.thinker, cfg.init.tokenizer, cfg.init.audio,
                                                   cfg.init.vision, cfg.projector)
+    if cfg.projector.image_pos_names:  # the shapes world's 3 x 3 cells, in the order of the picture's tokens
+        if not cfg.projector.image_pos or model.image_tokens != len(POSITIONS):
+            raise config.UserError(f"projector.image_pos_names: needs projector.image_pos and a picture of "
+                                   f"{len(POSITIONS)} tokens (the shapes world's cells), got {model.image_tokens}")
+        model.projectors["image"].name_positions(model.thinker.tok_emb.weight,
+                                                 [template.text_ids(" " + name) for name in POSITIONS])
     # the spoken answers: the stage D Talker says them, the stage B recogniser (init.audio) listens
     hear = talker_ear(cfg.init.talker, cfg.init.audio) if cfg.init.talker else None
     # ... and the ceiling: eSpeak, the voice the Talker learned from, says them through the same chain

@@ -54,6 +54,7 @@ class ProjectorConfig:
     dropout: float = 0.0  # dropout on the hidden layer while training (0 = off)
     out_norm: bool = True  # RMS-norm the output, gain starting at the token embeddings' scale (False = raw MLP)
     image_pos: bool = True  # image projector: add a learned embedding per token position (cell) of the picture
+    image_pos_names: bool = False  # cell vectors start at the Thinker's embedding of the cell's name ("top left")
     linear: list[str] = field(default_factory=list)  # modalities ("image", "audio") projected by one linear layer
     init: str = "normal"  # output layer's start: "normal" (std 0.02) or "orthogonal" (keeps every direction's length)
 
@@ -95,6 +96,17 @@ class Projector(nn.Module):
         so a projected frame is as large as a token embedding (no-op without out_norm)."""
         if self.gain is not None:
             self.gain.fill_(embeddings.float().pow(2).mean().sqrt().item())
+
+    @torch.no_grad()
+    def name_positions(self, embeddings: torch.Tensor, names: list[list[int]]):
+        """Start each position's vector at the mean of the Thinker's embeddings (vocab, d_model) of its
+        name's token ids (names[i]: the ids of " top left"), so a cell looks like the words that ask
+        for it."""
+        if self.pos is None or len(names) != len(self.pos):
+            raise ValueError(f"name_positions: {len(names)} names for "
+                             f"{0 if self.pos is None else len(self.pos)} positions")
+        for i, ids in enumerate(names):
+            self.pos[i] = embeddings[ids].float().mean(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)

@@ -223,6 +223,16 @@ def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
     assert d.ask(torch.zeros(9, 4), "where is the star?") == ["where is the star?", (IMAGE, 9)]
 
 
+def test_cell_vectors_can_start_at_the_embeddings_of_the_cells_names():
+    from omni.projector import Projector, ProjectorConfig
+    p = Projector(4, 6, ProjectorConfig(hidden=8), n_pos=3)
+    table = torch.randn(10, 6)
+    p.name_positions(table, [[1], [2, 3], [4, 5, 6]])
+    assert torch.allclose(p.pos[1], (table[2] + table[3]) / 2) and torch.equal(p.pos[0], table[1])
+    with pytest.raises(ValueError, match="2 names for 3 positions"):
+        p.name_positions(table, [[1], [2]])
+
+
 def test_loss_mask_covers_the_assistant_tokens_only(world):
     _, tok, _ = world
     t = ChatTemplate(tok)
