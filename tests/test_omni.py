@@ -295,6 +295,22 @@ def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
     assert score_spoken_answers(["", ""], hear)["rate"] == 0
 
 
+def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_line(tmp_path, world):
+    """configs/omni_tiny.json's two switches: the question before the picture, cells started at their
+    names. The debug run trains with both; named cells without cell vectors are refused in one line."""
+    flags, _, _ = world
+    base = [sys.executable, "sft_omni.py", "--debug", *flags, f"--train.out_dir={tmp_path}",
+            "--data.question_first=true", "--projector.image_pos_names=true"]
+    r = subprocess.run(base + ["--projector.image_pos=false"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
+    assert "projector.image_pos_names: needs projector.image_pos" in r.stderr
+    r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "held-out: typed" in r.stdout
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert state["config"]["data"]["question_first"] and state["config"]["projector"]["image_pos_names"]
+
+
 def test_resume_is_exact(tmp_path, world):
     assert_resume_exact("sft_omni", tmp_path, *world[0])
 
