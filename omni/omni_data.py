@@ -192,53 +192,61 @@ class OmniData:
         attention is causal: picture tokens after the question can already look for what it asks."""
         return user_parts(len(img), [question], self.cfg.question_first)
 
-    # -- turns: (ids, loss mask, image features or None, audio features or None)
+    # -- turns: (ids, loss mask, image features or None, audio features or None, words said): the last
+    # is [(frames, token ids of what is said)] per clip in frame order, for the audio projector's CTC
     def turn(self, kind: str, g: torch.Generator):
         pick = lambda n: int(torch.randint(n, (1,), generator=g))  # noqa: E731
         if kind in ("image_qa", "spoken_qa"):
             k, _, _ = self.qa[pick(len(self.qa))]  # a picture, in proportion to its questions
             first, n = self.first_qa[k], self.first_qa[k + 1] - self.first_qa[k]
             chosen = torch.randperm(n, generator=g)[: self.cfg.qa_turns].tolist()
-            img, turns, clips = self.images["train"][k], [], []
+            img, turns, clips, words = self.images["train"][k], [], [], []
             for j, c in enumerate(chosen):  # the picture comes with the first question only
                 _, q, a = self.qa[first + c]
                 if kind == "spoken_qa":
                     said = self.voices["train"][normalize(q)]
                     clips.append(said[pick(len(said))])
+                    words.append((len(clips[-1]), self.t.text_ids(q)))  # the typed question's tokens
                     q = (AUDIO, len(clips[-1]))
                 turns += [("user", self.ask(img, q) if j == 0 else [q]), ("assistant", [a])]
             ids, mask = self.t.encode(turns)
             while len(ids) - 1 > self.max_len:  # the inputs are ids[:-1]; several spoken questions may not fit
-                turns, clips = turns[:-2], clips[:-1]
+                turns, clips, words = turns[:-2], clips[:-1], words[:-1]
                 ids, mask = self.t.encode(turns)
-            return ids, mask, img, torch.cat(clips) if clips else None
+            return ids, mask, img, torch.cat(clips) if clips else None, words
         if kind == "caption":
             k = pick(len(self.records["train"]))
             img = self.images["train"][k]
             return (*self.t.encode([("user", self.ask(img, CAPTION_PROMPT)),
-                                    ("assistant", [self.records["train"][k]["caption"]])]), img, None)
+                                    ("assistant", [self.records["train"][k]["caption"]])]), img, None, [])
         if kind == "asr":
             texts, feats = self.asr["train"]
             j = pick(len(texts))
             turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]
-            return *self.t.encode(turns), None, feats[j]
+            return *self.t.encode(turns), None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
         n = self.cfg.text_tokens
         start = pick(len(self.text_ids) - n)
         ids = self.text_ids[start: start + n].tolist()
         if self.cfg.text_plain:  # replay of stage A: no template, the loss on every next token
-            return ids, [1] * n, None, None
-        return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None
+            return ids, [1] * n, None, None, []
+        return *self.t.encode([("user", [TEXT_PROMPT, ids[: n // 2]]), ("assistant", [ids[n // 2:]])]), None, None, []
 
     def batch(self, i: int, shares: dict[str, float] | None = None):
         """Micro-batch i: one kind drawn by the shares (None = data.shares), then B x batch_scale[kind]
-        turns of it; a pure function of i and the shares."""
+        turns of it; a pure function of i and the shares. Returns x, y, loss mask (B, T), image and
+        audio frames (N, d), and what the clips say: (token ids of all clips (S,), ids per clip (n,),
+        frames per clip (n,)), in frame order."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         shares = shares or self.cfg.shares
         kinds = [k for k in KINDS if shares.get(k, 0) > 0]
         kind = kinds[int(torch.multinomial(torch.tensor([float(shares[k]) for k in kinds]), 1, generator=g))]
         turns = [self.turn(kind, g) for _ in range(self.B * self.cfg.batch_scale.get(kind, 1))]
-        return (*collate([(ids, m) for ids, m, _, _ in turns], self.t.tok.pad_id),
-                self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1))
+        said = [w for tr in turns for w in tr[4]]
+        words = (torch.tensor([t for _, ids in said for t in ids], dtype=torch.long),
+                 torch.tensor([len(ids) for _, ids in said], dtype=torch.long),
+                 torch.tensor([n for n, _ in said], dtype=torch.long))
+        return (*collate([tr[:2] for tr in turns], self.t.tok.pad_id),
+                self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1), words)
 
     def frames(self, feats: list, which: int) -> torch.Tensor:
         """The frames of a batch in order, (N, d); (0, d) when the batch has none."""

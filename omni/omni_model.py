@@ -21,6 +21,7 @@ stage checkpoints, `load_omni` from a stage E checkpoint (which carries every in
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omni.audio import FrontEndConfig
@@ -48,6 +49,7 @@ class OmniModel(nn.Module):
             "image": Projector(vision.width, thinker.d_model, projector, n_pos, linear="image" in projector.linear),
             "audio": Projector(audio.d_model, thinker.d_model, projector, linear="audio" in projector.linear)})
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
+        self.audio_ctc = projector.audio_ctc  # weight of the audio frames' CTC loss (spell_loss), 0 = none
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,9 +71,30 @@ class OmniModel(nn.Module):
         e = splice(e, x, self.image_id, image, "image")
         return splice(e, x, self.audio_id, self.projectors["audio"](audio_feats), "audio")
 
-    def forward(self, x, y, loss_mask, image_feats, audio_feats):
-        """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss."""
-        return self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
+    def spell_loss(self, audio_feats, words, n_words, n_frames) -> torch.Tensor:
+        """CTC loss of the projected audio frames spelling what each clip says in the Thinker's own
+        tokens. audio_feats (N_aud, d_audio): the clips' frames in order, n_frames (n,) per clip;
+        words (S,): the token ids of every clip's text, n_words (n,) per clip. A frame's logits are
+        its cosine similarity to each row of the Thinker's token embedding table (detached: only the
+        projector learns from this loss) times 10; the blank is the audio placeholder's row. So a
+        frame that says " square" is pulled towards the embedding the Thinker reads for " square",
+        the way typed words arrive. Speech-LLaMA (Wu et al. 2023, arXiv:2307.03917) and LegoSLM (Ma
+        et al. 2025, arXiv:2505.11352) join a speech encoder to a language model through CTC over
+        the language model's tokens in the same spirit."""
+        frames = F.normalize(self.projectors["audio"](audio_feats).float(), dim=-1)  # (N_aud, d_model)
+        table = F.normalize(self.thinker.tok_emb.weight.detach().float(), dim=-1)  # (vocab, d_model)
+        logp = (10 * frames @ table.T).log_softmax(-1)  # (N_aud, vocab)
+        logp = nn.utils.rnn.pad_sequence(logp.split(n_frames.tolist()))  # (T_max, n, vocab)
+        return F.ctc_loss(logp, words, n_frames, n_words, blank=self.audio_id, zero_infinity=True)
+
+    def forward(self, x, y, loss_mask, image_feats, audio_feats, said=None):
+        """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss; with
+        audio_ctc > 0 and said = (words, n_words, n_frames) of the batch's clips (OmniData.batch),
+        the loss adds audio_ctc times their spell_loss."""
+        logits, loss = self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
+        if self.audio_ctc > 0 and said is not None and len(said[1]):
+            loss = loss + self.audio_ctc * self.spell_loss(audio_feats, *said)
+        return logits, loss
 
 
 @torch.no_grad()

@@ -57,12 +57,15 @@ class ProjectorConfig:
     image_pos_names: bool = False  # cell vectors start at the Thinker's embedding of the cell's name ("top left")
     linear: list[str] = field(default_factory=list)  # modalities ("image", "audio") projected by one linear layer
     init: str = "normal"  # output layer's start: "normal" (std 0.02) or "orthogonal" (keeps every direction's length)
+    audio_ctc: float = 0.0  # weight of a CTC loss: the projected audio frames spell what is said in Thinker tokens
 
     def __post_init__(self):
         if self.hidden < 1:
             raise ValueError(f"ProjectorConfig.hidden must be at least 1, got {self.hidden}")
         if set(self.linear) - {"image", "audio"}:
             raise ValueError(f"ProjectorConfig.linear: modalities are 'image' and 'audio', got {self.linear}")
+        if self.audio_ctc < 0:
+            raise ValueError(f"ProjectorConfig.audio_ctc must be >= 0, got {self.audio_ctc}")
         if self.init not in ("normal", "orthogonal"):
             raise ValueError(f"ProjectorConfig.init must be 'normal' or 'orthogonal', got {self.init!r}")
 

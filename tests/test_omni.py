@@ -160,7 +160,7 @@ def test_batch_scale_multiplies_the_rows_of_one_kind(world):
     d = object.__new__(omni_data.OmniData)  # only what batch() reads; turns are stubs
     d.cfg = omni_data.OmniDataConfig(shares={"image_qa": 1, "text": 1}, batch_scale={"image_qa": 3})
     d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 2, (4, 4)
-    d.turn = lambda kind, g: (*d.t.encode([("user", [kind])]), None, None)
+    d.turn = lambda kind, g: (*d.t.encode([("user", [kind])]), None, None, [])
     sizes = {len(d.batch(i)[0]) for i in range(20)}
     assert sizes == {2, 6}  # text batches of B rows, image question batches of 3 B
     assert {len(d.batch(i, {"text": 1})[0]) for i in range(20)} == {2}  # another mix (phase1.shares): text only
@@ -180,19 +180,22 @@ def test_qa_turns_ask_several_questions_about_one_picture(world):
     d.voices = {"train": {omni_data.normalize(q): [torch.full((2 + int(q[1]), 4), 1.0)] for _, q, _ in d.qa}}
     g = torch.Generator().manual_seed(0)
     for _ in range(10):
-        ids, mask, img, _ = d.turn("image_qa", g)
+        ids, mask, img, _, said = d.turn("image_qa", g)
+        assert said == []  # typed questions: nothing is spoken
         k = int(img[0, 0])
         text = tok.decode([i for i, m in zip(ids, mask) if m and i != d.t.im_end])
         answers = [f"a{k}{j}" for j in range(len(d.records["train"][k]["questions"]))]
         n = min(3, len(answers))
         assert ids.count(d.t.image_id) == 9 and ids.count(d.t.im_end) == 2 * n  # the picture once, n turns
         assert len(text.replace("a", " a").split()) == n and all(w in answers for w in text.replace("a", " a").split())
-        ids, mask, img, aud = d.turn("spoken_qa", g)
+        ids, mask, img, aud, said = d.turn("spoken_qa", g)
         assert ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.image_id) == 9  # one clip per question
+        assert sum(n for n, _ in said) == len(aud) and all(w in [d.t.text_ids(q) for _, q, _ in d.qa] for _, w in said)
     d.max_len = 40  # room for one spoken question but not three: a row asks fewer, never overflows
     lengths = set()
     for _ in range(10):
-        ids, mask, img, aud = d.turn("spoken_qa", g)
+        ids, mask, img, aud, said = d.turn("spoken_qa", g)
+        assert sum(n for n, _ in said) == len(aud)
         assert len(ids) - 1 <= d.max_len and ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.im_end) >= 2
         lengths.add(ids.count(d.t.im_end) // 2)
     assert min(lengths) < 3
@@ -203,11 +206,53 @@ def test_plain_text_rows_count_every_token(world):
     d = object.__new__(omni_data.OmniData)  # only what turn() reads for text rows
     d.t, d.text_ids = ChatTemplate(tok), torch.arange(100, 164)
     d.cfg = omni_data.OmniDataConfig(text_tokens=8, text_plain=True)
-    ids, mask, img, aud = d.turn("text", torch.Generator().manual_seed(0))
+    ids, mask, img, aud, _ = d.turn("text", torch.Generator().manual_seed(0))
     assert mask == [1] * 8 and ids == list(range(ids[0], ids[0] + 8)) and img is None and aud is None
     d.cfg = omni_data.OmniDataConfig(text_tokens=8)  # the chat turn: only the reply counts
-    ids, mask, _, _ = d.turn("text", torch.Generator().manual_seed(0))
+    ids, mask, *_ = d.turn("text", torch.Generator().manual_seed(0))
     assert d.t.im_start in ids and 0 < sum(mask) <= 5
+
+
+def test_the_audio_ctc_pulls_spoken_frames_to_the_embeddings_of_their_words():
+    """projector.audio_ctc: trained on the CTC loss alone, the audio projector maps each word's frames
+    nearest to that word's row of the Thinker's embedding table (blank: the audio placeholder's row)
+    so that the frames read greedily, as CTC reads, say the clip's words;
+    the table itself gets no gradient, and the loss joins the Thinker's only when its weight is > 0."""
+    torch.manual_seed(0)
+    from omni.audio_encoder import AudioEncoderConfig
+    from omni.omni_model import OmniModel
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    model = OmniModel(th, vision, audio, ProjectorConfig(hidden=32, audio_ctc=1.0), image_id=38, audio_id=39)
+    sound = torch.randn(40, 16)  # what each token id "sounds like" to the encoder; 39 = silence
+    clips = [[5, 7, 9], [9, 5], [11, 7, 5, 3]]  # token ids said, each for 3 frames between silences
+    frames = [[w for t in c for w in (t, t, t, 39)] for c in clips]
+    feats = torch.cat([sound[f] + 0.1 * torch.randn(len(f), 16) for f in frames])  # (N_aud, 16)
+    said = (torch.tensor([t for c in clips for t in c]), torch.tensor([len(c) for c in clips]),
+            torch.tensor([len(f) for f in frames]))
+    opt = torch.optim.Adam(model.projectors["audio"].parameters(), lr=1e-2)
+    first = model.spell_loss(feats, *said).item()
+    for _ in range(150):
+        loss = model.spell_loss(feats, *said)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first and model.thinker.tok_emb.weight.grad is None
+    with torch.no_grad():
+        proj = torch.nn.functional.normalize(model.projectors["audio"](feats), dim=-1)
+        nearest = (proj @ torch.nn.functional.normalize(model.thinker.tok_emb.weight, dim=-1).T).argmax(-1)
+    read = []
+    for f in nearest.split(said[2].tolist()):  # CTC's greedy reading: repeats collapse, blanks drop
+        ids = torch.unique_consecutive(f).tolist()
+        read.append([t for t in ids if t != 39])
+    assert read == clips
+    x = torch.tensor([[1] * 4 + [39] * len(feats)])  # a row with the clips' placeholders
+    y, mask, empty = x.clone(), torch.ones_like(x), torch.zeros(0, 16)
+    base = model.thinker(embeds=model.embed(x, empty, feats), targets=y, loss_mask=mask)[1]
+    assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base + model.spell_loss(feats, *said))
+    model.audio_ctc = 0.0
+    assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base)
 
 
 def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
@@ -296,11 +341,12 @@ def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
 
 
 def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_line(tmp_path, world):
-    """configs/omni_tiny.json's two switches: the question before the picture, cells started at their
-    names. The debug run trains with both; named cells without cell vectors are refused in one line."""
+    """configs/omni_tiny.json's three switches: the question before the picture, cells started at their
+    names, the audio frames' CTC. The debug run trains with all three; named cells without cell
+    vectors are refused in one line."""
     flags, _, _ = world
     base = [sys.executable, "sft_omni.py", "--debug", *flags, f"--train.out_dir={tmp_path}",
-            "--data.question_first=true", "--projector.image_pos_names=true"]
+            "--data.question_first=true", "--projector.image_pos_names=true", "--projector.audio_ctc=1"]
     r = subprocess.run(base + ["--projector.image_pos=false"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
     assert "projector.image_pos_names: needs projector.image_pos" in r.stderr
@@ -309,6 +355,7 @@ def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_
     assert "held-out: typed" in r.stdout
     state = torch.load(tmp_path / "best.pt", weights_only=True)
     assert state["config"]["data"]["question_first"] and state["config"]["projector"]["image_pos_names"]
+    assert state["config"]["projector"]["audio_ctc"] == 1
 
 
 def test_resume_is_exact(tmp_path, world):
