@@ -135,7 +135,8 @@ def main(cfg: OmniStageConfig) -> dict:
 
     # 3. Model: the references the targets are measured against, before any training -------------
     def bits_per_byte(thinker) -> float:
-        nats = sum(thinker(val_x[j: j + 16], val_y[j: j + 16])[1].item() * val_y[j: j + 16].numel()
+        dev = thinker.tok_emb.weight.device
+        nats = sum(thinker(val_x[j: j + 16].to(dev), val_y[j: j + 16].to(dev))[1].item() * val_y[j: j + 16].numel()
                    for j in range(0, len(val_x), 16))
         return nats / math.log(2) / val_bytes
 

@@ -43,19 +43,29 @@ from omni.paths import repo_path
 
 def count_flops(fn: Callable[[], None]) -> int:
     """FLOPs of everything `fn` runs, by torch.utils.flop_counter. Its registry misses CPU attention
-    (a kernel of its own) and in-place addmm_ (the Thinker's chunked loss): both are added here."""
-    def cpu_attention(q, k, v, *args, out_shape=None, **kwargs):
-        return fc.sdpa_flop_count(q, k, v)
+    (a kernel of its own) and in-place addmm_ (the Thinker's chunked loss): both are added here. And
+    every attention kernel is counted here with keys and values at the queries' head count: with
+    grouped-query attention the kernels get the n_kv_head heads unrepeated, which the registry of
+    PyTorch before 2.13 refuses (seen with 2.11 on a GPU machine), though each query head still does
+    its full products."""
+    def as_query_heads(q, kv):  # (B, H_kv, T, D) -> (B, H_q, T, D)
+        return (*kv[:-3], q[-3], *kv[-2:])
 
-    def cpu_attention_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-        return fc.sdpa_backward_flop_count(grad_out, q, k, v)
+    def attention(q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(q, as_query_heads(q, k), as_query_heads(q, v))
+
+    def attention_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, q, as_query_heads(q, k), as_query_heads(q, v))
 
     def addmm_inplace(acc, m1, m2, *args, out_shape=None, **kwargs):  # acc += m1 @ m2, m1 (m, k), m2 (k, n)
         return 2 * m1[0] * m1[1] * m2[1]
 
-    extra = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention,
-             torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward,
-             torch.ops.aten.addmm_: addmm_inplace}
+    extra = {torch.ops.aten.addmm_: addmm_inplace}
+    for kernel in ("flash_attention_for_cpu", "flash_attention", "efficient_attention", "cudnn_attention"):
+        name = f"_scaled_dot_product_{kernel}"
+        if hasattr(torch.ops.aten, name):  # each (q, k, v, ...) forward, (grad_out, q, k, v, ...) backward
+            extra[getattr(torch.ops.aten, name)] = attention
+            extra[getattr(torch.ops.aten, name + "_backward")] = attention_backward
     with fc.FlopCounterMode(display=False, custom_mapping=extra) as counter:
         fn()
     return counter.get_total_flops()

@@ -93,6 +93,7 @@ def clip_loss(img, txt, scale, caption_ids=None):
     if caption_ids is None:
         targets = torch.eye(len(img), device=img.device)
     else:
+        caption_ids = caption_ids.to(img.device)
         same = (caption_ids[:, None] == caption_ids[None, :]).float()  # (B, B), symmetric
         targets = same / same.sum(1, keepdim=True)  # each row sums to 1
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T)) / 2

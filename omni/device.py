@@ -6,8 +6,12 @@
   mps (its autocast is less mature). Weights always stay fp32; autocast runs the matmuls in low
   precision (the usual "mixed precision" recipe).
 - `torchrun --nproc_per_node=N script.py ...` sets WORLD_SIZE/RANK/LOCAL_RANK: then each process
-  takes one GPU (or, on a CPU-only machine, runs with the gloo backend) and the training loop
-  wraps the model in DistributedDataParallel.
+  takes one GPU (nccl backend), or with train.device=cpu or on a machine without CUDA runs on the
+  CPU (gloo backend), and the training loop wraps the model in DistributedDataParallel.
+- deterministic (on by default): on a GPU, ask PyTorch for its deterministic kernels (cuDNN's
+  convolutions, index_add_ and scatter sums without atomics, cuBLAS with a fixed workspace), so that
+  a run resumed from a checkpoint continues bit for bit, as it does on a CPU. Kernels that have no
+  deterministic version (CTC's backward on CUDA, for one) warn once and run as they are.
 """
 from __future__ import annotations
 
@@ -72,21 +76,35 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
+def make_deterministic() -> None:
+    """Deterministic GPU kernels (see the module's docstring). cuBLAS reads its workspace setting when
+    it starts, so this runs before the first matmul on the GPU."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def setup_runtime(device: str = "auto", dtype: str = "auto", deterministic: bool = True) -> Runtime:
     """Choose device and precision; join the process group when started by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available():
+        if pick_device(device).type == "cuda":  # one GPU per process
+            if local_rank >= torch.cuda.device_count():
+                raise UserError(f"torchrun started more processes on this machine than it has GPUs "
+                                f"({torch.cuda.device_count()}): use --nproc_per_node={torch.cuda.device_count()} "
+                                "or fewer, or train.device=cpu")
             torch.cuda.set_device(local_rank)
-            dev = torch.device("cuda", local_rank)
+            dev, backend = torch.device("cuda", local_rank), "nccl"
         else:
-            dev = torch.device("cpu")
-        return Runtime(dev, pick_dtype(dtype, dev), rank, world_size)
-    dev = pick_device(device)
-    return Runtime(dev, pick_dtype(dtype, dev))
+            dev, backend = torch.device("cpu"), "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+    else:
+        rank, dev = 0, pick_device(device)
+    if deterministic and dev.type == "cuda":
+        make_deterministic()
+    return Runtime(dev, pick_dtype(dtype, dev), rank, world_size)
 
 
 def to_device(batch, device: torch.device):

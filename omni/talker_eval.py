@@ -55,13 +55,15 @@ def free_generation(model: Talker, codec: Codec, s: TalkerSet, ids: list[int], j
     first clips' texts, predicted and original mels and what the judge heard (for wavs and figures).
     reference: a dict kept by the caller between evaluations, holding the judge's CER on the originals
     (the same at every evaluation, so it is computed once)."""
-    g = torch.Generator().manual_seed(seed)  # the same draws at every evaluation: curves show the model, not luck
+    device = next(model.parameters()).device  # the Talker speaks where it trains; the codec decodes on the CPU
+    g = torch.Generator(device).manual_seed(seed)  # the same draws at every evaluation: curves show the model, not luck
     mels, lengths, ended, seconds = {}, {}, {}, 0.0
     for part in in_batches(ids, s.lengths, batch):
-        b = collate(s, part)
+        b = {k: v.to(device) for k, v in collate(s, part).items()}
         cap = (model.cfg.max_len_ratio * b["mask"].sum(1).float()).long()  # (B,) frames allowed
         t0 = time.time()
         out = generate(model, b["tokens"], b["tok_word"], b["n_words"], cap, g)
+        out = {k: v.cpu() for k, v in out.items()}
         seconds += time.time() - t0
         for r, k in enumerate(part):
             n = int(out["lengths"][r])

@@ -56,6 +56,7 @@ class TrainConfig:
     overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in out_dir
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "auto"  # autocast precision: auto, fp32, bf16 or fp16
+    deterministic: bool = True  # on a GPU, deterministic kernels: resume continues bit for bit (CPUs always do)
     threads: int = 0  # CPU threads for torch (0 = every core this process may use, or OMP_NUM_THREADS if set)
 
     def __post_init__(self):
@@ -125,7 +126,7 @@ def _fmt_eta(seconds: float) -> str:
 
 def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     """Train `task.model` for cfg.max_steps; return the final held-out metrics (plus timing)."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.deterministic)
     torch.set_num_threads(cpu_threads(cfg.threads))
     run_dir = repo_path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

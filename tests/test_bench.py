@@ -59,6 +59,26 @@ def test_flops_match_hand_count(loss_chunk):
     assert bench.count_flops(step) == expected
 
 
+def test_grouped_query_attention_counts_as_full_attention():
+    """Keys and values shared by query heads (enable_gqa) do the same products per query head as
+    repeated keys and values: the count must match, forward and backward, when the kernel is given the
+    unrepeated heads (PyTorch 2.11's own count refused them: the bench failed so on a GPU machine)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 16, 8, generator=g, requires_grad=True)
+    k, v = (torch.randn(2, 2, 16, 8, generator=g, requires_grad=True) for _ in range(2))
+
+    def step(repeat: bool):
+        if repeat:
+            kk, vv = (t.repeat_interleave(3, dim=1) for t in (k, v))
+            y = torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+        else:  # the kernel itself, given 2 key/value heads for 6 query heads, as on a GPU
+            y = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)[0]
+        y.sum().backward()
+
+    full = 2 * (2 * 2 * 6 * 16 * 16 * 8)  # q @ k^T and attn @ v, every (query, key) pair of every head
+    assert bench.count_flops(lambda: step(True)) == bench.count_flops(lambda: step(False)) >= 3 * full
+
+
 def test_threads_zero_means_every_core_we_may_use(monkeypatch):
     from omni.config import cpu_threads
 

@@ -20,8 +20,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "chapters").glob("*.md"))]
 STAGE_SCRIPTS = ["train_text", "train_audio_enc", "train_vision", "train_talker", "sft_omni"]
 OTHER_FLAGS = {"config", "resume", "debug", "stages", "prompt", "tokens", "temperature", "top_k", "seed",
                "out", "root", "captions", "images", "help", "key", "nproc_per_node",
-               "json", "image", "audio", "text", "checkpoint", "talker",
-               "demo", "voice", "other", "seeds", "stage", "answer"}  # flags of the omni.* commands (argparse)
+               "json", "image", "audio", "text", "checkpoint", "talker", "demo", "voice", "other-synth", "seeds",
+               "stage", "answer-share", "answer-rate-spread", "gpu-configs"}  # flags of the omni.* commands (argparse)
 RUN_FILES = {"config.json", "curves.png", "meta.json", "metrics.json", "log.jsonl"}  # written into run dirs
 
 
@@ -66,7 +66,7 @@ def test_named_files_exist(doc):
 def test_named_flags_and_keys_exist(doc):
     text = re.sub(r"<!-- output: \S+ -->\s*\n```.*?```", "", _text(doc), flags=re.S)  # logs may show mistakes
     keys = _all_config_keys()
-    flags = set(re.findall(r"(?<![\w-])--([a-z_][\w.]*)", text))
+    flags = set(re.findall(r"(?<![\w-])--([a-z_][\w.-]*[\w.]|[a-z_])", text))
     dotted = set(re.findall(r"`((?:data|model|train|audio|vision|text|codec|talker)\.[a-z_]+)`", text))
     bad = sorted(f for f in flags if f not in OTHER_FLAGS and f not in keys)
     bad += sorted(k for k in dotted if k not in keys)

@@ -28,7 +28,7 @@ def _task(stage: str = "") -> Task:
 
 
 def _cfg(run_dir, **kw) -> TrainConfig:
-    return TrainConfig(out_dir=str(run_dir), max_steps=6, warmup_steps=1, eval_every=100, log_every=100,
+    return TrainConfig(out_dir=str(run_dir), device="cpu", max_steps=6, warmup_steps=1, eval_every=100, log_every=100,
                        ckpt_every=2, keep_last=0, **kw)
 
 

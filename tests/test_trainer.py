@@ -1,4 +1,6 @@
-"""The shared training loop: schedule, checkpoints, exact resume, the NaN guard."""
+"""The shared training loop: schedule, checkpoints, exact resume, the NaN guard. The loop's own toy
+tasks run on the CPU wherever the tests run (their batches are CPU tensors, their checks exact);
+the stages' debug runs use the machine's GPU when it has one."""
 import json
 import os
 
@@ -46,7 +48,7 @@ def _regression_task(poison_at=None):
 
 
 def test_fit_learns_and_writes_run_dir(tmp_path):
-    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=60, lr=1e-2, warmup_steps=5, eval_every=20,
+    cfg = TrainConfig(out_dir=str(tmp_path), device="cpu", max_steps=60, lr=1e-2, warmup_steps=5, eval_every=20,
                       ckpt_every=20, log_every=10, keep_last=2, weight_decay=0.0)
     out = fit(_regression_task(), cfg, {"note": "test"})
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -65,17 +67,17 @@ def test_grad_accum_sums_micro_batches(tmp_path):
     t = _regression_task()
     t.model = nn.Linear(8, 1)
     init = {k: v.clone() for k, v in t.model.state_dict().items()}
-    fit(t, TrainConfig(out_dir=str(tmp_path / "a"), max_steps=1, grad_accum=2, warmup_steps=1), {})
+    fit(t, TrainConfig(out_dir=str(tmp_path / "a"), device="cpu", max_steps=1, grad_accum=2, warmup_steps=1), {})
     a = t.model.weight.detach().clone()
     t.model.load_state_dict(init)
     both = [t.get_batch(0), t.get_batch(1)]
     t.get_batch = lambda i: (torch.cat([b[0] for b in both]), torch.cat([b[1] for b in both]))
-    fit(t, TrainConfig(out_dir=str(tmp_path / "b"), max_steps=1, grad_accum=1, warmup_steps=1), {})
+    fit(t, TrainConfig(out_dir=str(tmp_path / "b"), device="cpu", max_steps=1, grad_accum=1, warmup_steps=1), {})
     assert torch.allclose(a, t.model.weight.detach(), atol=1e-6)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=30, ckpt_every=5, eval_every=100, log_every=5)
+    cfg = TrainConfig(out_dir=str(tmp_path), device="cpu", max_steps=30, ckpt_every=5, eval_every=100, log_every=5)
     with pytest.raises(UserError, match=r"loss became nan at step 12.*step_000010\.pt"):
         fit(_regression_task(poison_at=12), cfg, {})
     last = torch.load(tmp_path / "latest.pt", weights_only=True)
@@ -85,7 +87,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_frozen_prefix_does_not_move(tmp_path):
     t = _regression_task()
     before = t.model[0].weight.detach().clone()
-    fit(t, TrainConfig(out_dir=str(tmp_path), max_steps=5, lr_scale={"0.": 0.0}), {})
+    fit(t, TrainConfig(out_dir=str(tmp_path), device="cpu", max_steps=5, lr_scale={"0.": 0.0}), {})
     assert torch.equal(before, t.model[0].weight) and not t.model[0].weight.requires_grad
 
 
@@ -110,7 +112,8 @@ def test_torchrun_ddp_on_cpu(tmp_path):
     from omni.paths import ROOT
 
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-                        "train_text.py", "--debug", f"--train.out_dir={tmp_path}", "--train.max_steps=4"],
+                        "train_text.py", "--debug", f"--train.out_dir={tmp_path}", "--train.max_steps=4",
+                        "--train.device=cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
