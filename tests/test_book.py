@@ -18,10 +18,11 @@ from omni.paths import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "chapters").glob("*.md"))]
 STAGE_SCRIPTS = ["train_text", "train_audio_enc", "train_vision", "train_talker", "sft_omni"]
+# flags of the omni.* commands (argparse)
 OTHER_FLAGS = {"config", "resume", "debug", "stages", "prompt", "tokens", "temperature", "top_k", "seed",
                "out", "root", "captions", "images", "help", "key", "nproc_per_node",
                "json", "image", "audio", "text", "checkpoint", "talker", "demo", "voice", "other-synth", "seeds",
-               "stage", "answer-share", "answer-rate-spread", "gpu-configs"}  # flags of the omni.* commands (argparse)
+               "stage", "answer-share", "answer-rate-spread", "gpu-configs", "train-voices"}
 RUN_FILES = {"config.json", "curves.png", "meta.json", "metrics.json", "log.jsonl"}  # written into run dirs
 
 
