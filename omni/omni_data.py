@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from omni.audio import FrontEndConfig, load_speech_set, pad_batch
+from omni.audio import FrontEndConfig, augment, load_speech_set, pad_batch
 from omni.chat_template import AUDIO, ChatTemplate, collate, user_parts
 from omni.config import UserError
 from omni.paths import repo_path
@@ -74,6 +74,10 @@ class OmniDataConfig:
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
     samples: int = 3  # test answers printed at each evaluation
     question_first: bool = False  # the question (typed or spoken) before the picture, not after it
+    spoken_copies: int = 0  # changed copies of each training spoken question (speed and vocal-tract warp, drawn
+    # once at start-up, as stage B's augmentation draws them), for voices beyond the recorded ones (0 = none)
+    spoken_speed: float = 0.1  # a copy's time stretch: a factor in [1 - speed, 1 + speed]
+    spoken_warp: float = 0.1  # a copy's mel-axis stretch (VTLP): a factor in [1 - warp, 1 + warp]
     qa_turns: int = 1  # questions about one picture in one training conversation (user, assistant, user, ...)
     batch_scale: dict[str, int] = field(default_factory=dict)  # rows of a kind's micro-batch, in train.batch_size
     # units (missing = 1): image questions are short rows, so more of them cost what one batch of long turns does
@@ -83,6 +87,8 @@ class OmniDataConfig:
         check_shares(self.shares, "OmniDataConfig.shares")
         if self.qa_turns < 1:
             raise ValueError(f"OmniDataConfig.qa_turns: must be >= 1, got {self.qa_turns}")
+        if self.spoken_copies < 0 or not 0 <= self.spoken_speed < 1 or not 0 <= self.spoken_warp < 1:
+            raise ValueError("OmniDataConfig.spoken_copies must be >= 0, spoken_speed and spoken_warp in [0, 1)")
         bad = {k: v for k, v in self.batch_scale.items() if k not in KINDS or not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"OmniDataConfig.batch_scale: kinds are {', '.join(KINDS)} with whole multiples >= 1; "
@@ -157,7 +163,8 @@ class OmniData:
         self.first_qa = [0]  # self.qa[first_qa[k]:first_qa[k + 1]] are picture k's questions
         for r in self.records["train"]:
             self.first_qa.append(self.first_qa[-1] + len(r["questions"]))
-        spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end)
+        spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end,
+                                 copies=cfg.spoken_copies if s == "train" else 0)
                   for s in ("train", "test")} if cfg.shares.get("spoken_qa", 0) > 0 else {}
         self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features; {} = no spoken turns
         for s, (texts, feats) in spoken.items():
@@ -170,22 +177,32 @@ class OmniData:
         self.val_ids = encode_stream(template.tok, val_paras)
         self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
 
-    def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0):
+    def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0, copies: int = 0):
         """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's first `limit` clips
-        (0 = all) that fit the Thinker."""
+        (0 = all) that fit the Thinker, then `copies` changed copies of each (stage B's speed and
+        warp augmentation on the log-mel, drawn once from the seed; the encoder is frozen, so a copy
+        costs one encoding at start-up and nothing per step)."""
         s = load_speech_set(manifest, front_end)
         n = min(limit or len(s), len(s))
-        order = sorted(range(n), key=lambda k: s.lengths[k])  # similar lengths: little padding
-        feats: list[torch.Tensor] = [torch.empty(0)] * n
+        g = torch.Generator().manual_seed(self.seed)
+        changed = [augment(s.features(k), g, self.cfg.spoken_speed, self.cfg.spoken_warp)
+                   for _ in range(copies) for k in range(n)]  # clip n * c + k is copy c of clip k
+        mel = lambda k: s.features(k) if k < n else changed[k - n]  # noqa: E731  (T, n_mels)
+        total = n * (1 + copies)
+        order = sorted(range(total), key=lambda k: len(mel(k)))  # similar lengths: little padding
+        feats: list[torch.Tensor] = [torch.empty(0)] * total
         for j in range(0, len(order), 64):
             ids = order[j: j + 64]
-            for k, f in zip(ids, model.encode_audio(*pad_batch([s.features(k) for k in ids]))):
+            for k, f in zip(ids, model.encode_audio(*pad_batch([mel(k) for k in ids]))):
                 feats[k] = f.half()  # half the memory; the projector reads them as float
         room = self.max_len - 48  # the template and a reply need about 48 tokens
-        keep = [k for k in range(n) if len(feats[k]) <= room]
-        if len(keep) < n:
-            print(f"{manifest}: skipped {n - len(keep)} clips too long for the Thinker ({room} audio frames)")
-        return [s.texts[k] for k in keep], [feats[k] for k in keep]
+        keep = [k for k in range(total) if len(feats[k]) <= room]
+        if len(keep) < total:
+            print(f"{manifest}: skipped {total - len(keep)} clips too long for the Thinker ({room} audio frames)")
+        if copies:
+            print(f"{manifest}: {copies} changed copies of each of its {n} clips (speed +-{self.cfg.spoken_speed:g}, "
+                  f"mel warp +-{self.cfg.spoken_warp:g})")
+        return [s.texts[k % n] for k in keep], [feats[k] for k in keep]
 
     def ask(self, img: torch.Tensor, question) -> list:
         """The user's parts: the picture and the question, in the configured order. The Thinker's

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from omni import omni_data, shapes, speech_data
+from omni.audio import FrontEndConfig
 from omni.audio_encoder import AudioCTC, AudioEncoderConfig
 from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice, user_parts
 from omni.clip import CLIP, ClipConfig, TextConfig
@@ -199,6 +200,32 @@ def test_qa_turns_ask_several_questions_about_one_picture(world):
         assert len(ids) - 1 <= d.max_len and ids.count(d.t.audio_id) == len(aud) and ids.count(d.t.im_end) >= 2
         lengths.add(ids.count(d.t.im_end) // 2)
     assert min(lengths) < 3
+
+
+def test_spoken_copies_are_changed_voices_of_the_same_questions(world):
+    _, _, d = world
+
+    class Identity:  # stands in for the frozen encoder: a clip's features are its log-mel frames
+        @staticmethod
+        def encode_audio(x, lengths):
+            return [x[i, :n] for i, n in enumerate(lengths.tolist())]
+
+    def clips(copies, seed=1):
+        data = object.__new__(omni_data.OmniData)  # only what _clips() reads
+        data.cfg, data.seed, data.max_len = omni_data.OmniDataConfig(spoken_copies=copies), seed, 10_000
+        return data._clips(Identity, d / "spoken" / "questions_train.jsonl", FrontEndConfig(), copies=copies)
+
+    texts, feats = clips(0)
+    n = len(texts)
+    texts2, feats2 = clips(2)
+    assert texts2 == texts * 3 and all(torch.equal(a, b) for a, b in zip(feats, feats2[:n]))  # originals unchanged
+    for k in range(n, 3 * n):  # each copy: another length or other values, and the same question
+        orig = feats[k % n]
+        assert len(feats2[k]) != len(orig) or not torch.equal(feats2[k], orig), k
+        assert abs(len(feats2[k]) / len(orig) - 1) <= 0.12, k  # speed within 0.1 (and rounding)
+    assert all(torch.equal(a, b) for a, b in zip(feats2, clips(2)[1]))  # drawn from the seed: the same every run
+    with pytest.raises(ValueError, match="spoken_copies"):
+        omni_data.OmniDataConfig(spoken_copies=-1)
 
 
 def test_plain_text_rows_count_every_token(world):
