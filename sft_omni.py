@@ -30,6 +30,7 @@ import torch
 from omni import config
 from omni.audio import FrontEndConfig
 from omni.audio_encoder import CharVocab, ctc_greedy_decode
+from omni.device import setup_runtime
 from omni.metrics import cer
 from omni.omni_data import OmniData, OmniDataConfig, check_shares
 from omni.omni_figures import plot_answers
@@ -39,7 +40,7 @@ from omni.projector import ProjectorConfig
 from omni.shapes import POSITIONS
 from omni.speech_data import normalize
 from omni.spoken_answers import espeak_ear, score_spoken_answers, talker_ear, talker_voice
-from omni.trainer import Task, TrainConfig, fit
+from omni.trainer import Task, TrainConfig, fit, run_evaluation
 
 ENCODERS = ("vision.", "audio.")
 QA_KINDS = ("colour", "shape", "size", "position")  # the target: >= 90% over these four
@@ -208,7 +209,7 @@ def main(cfg: OmniStageConfig) -> dict:
     # 6. Final evaluation and summary ------------------------------------------------------------
     final.update({"ref_bpb": ref_bpb, "ref_cer": ref_cer, "params": n_total, "phase1_seconds": phase1_seconds})
     if "qa" in final and "typed_answer" not in qa[0]:  # resumed after its last step: no evaluation ran here
-        final.update(evaluate(model))
+        final.update(run_evaluation(task, setup_runtime(cfg.train.device, cfg.train.dtype, cfg.train.deterministic)))
     if hear is not None and "qa" in final:
         answers = [it["typed_answer"] for it in qa]
         said, ceiling = score_spoken_answers(answers, hear), score_spoken_answers(answers, hear_espeak)

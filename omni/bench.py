@@ -211,7 +211,7 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
     rows = []
     for name in wanted:
         torch.manual_seed(0)
-        rows.append(Row(name, ROWS[name][1](device.type == "cuda", toy), device, dtype, warmup))
+        rows.append(Row(name, ROWS[name][1](gpu_configs, toy), device, dtype, warmup))
     # Interleaved: each round times the peak matmul once and every row once, so a machine whose speed
     # drifts (other work starting or stopping) slows all rows alike and the ratios stay fair. The order
     # turns by one row each round, so no row always runs first, on caches the peak matmul has emptied.

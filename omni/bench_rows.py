@@ -143,7 +143,7 @@ def codec_case(path: str, toy: bool) -> Case:
 def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Case:
     """Stage D, second part: the Talker's teacher-forced loss on B clips of 8 words, 2 tokens and 6
     code frames (0.24 s) a word, built with the stage's own collate (synthetic codes and tokens; a
-    random table stands in for stage A's frozen embeddings)."""
+    random table, or with cond "hidden" a random frozen Thinker, stands in for stage A)."""
     t = {**_json(path, "talker"), **{k: v for k, v in _json(codec_path, "codec").items()
                                      if k in ("n_codebooks", "codebook_size")}}
     B = _json(path, "train").get("batch_size", 16)
@@ -166,7 +166,9 @@ def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Cas
     clips.codes = [torch.randint(0, cfg.codebook_size, (W * frames, cfg.n_codebooks), generator=g) for _ in range(B)]
     clips.phones = [torch.randint(0, 40, (W * frames,), generator=g) for _ in range(B)] if cfg.phonemes else []
     batch = collate(clips, list(range(B)))
-    model = Talker(cfg, torch.randn(m.vocab_size, m.d_model, generator=g) * 0.02)
+    thinker = Thinker(m) if cfg.cond == "hidden" else None  # frozen: its forward counts, not its weights
+    table = thinker.tok_emb.weight if thinker else torch.randn(m.vocab_size, m.d_model, generator=g) * 0.02
+    model = Talker(cfg, table, thinker)
     fields = ("tokens", "tok_word", "n_words", "codes", "frame_word", "frame_pos", "durations")
     return Case(model, (batch,), lambda model, b: talker_loss(*model(*(b[0][k] for k in fields)), b[0], cfg)[0],
                 B * W * frames / FRAME_RATE, "s audio")

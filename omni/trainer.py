@@ -124,6 +124,17 @@ def _fmt_eta(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
+def run_evaluation(task: Task, rt: Runtime) -> dict:
+    """The held-out evaluation, always run the same way: eval mode, no gradients, the run's autocast
+    (a stage that evaluates again after `fit`, as stage E does for a run resumed past its end,
+    gets the very numbers the run printed; in fp32 instead of bf16 they would differ on a GPU)."""
+    task.model.eval()
+    with torch.no_grad(), rt.autocast():
+        out = {k: float(v) for k, v in task.evaluate(task.model).items()}
+    task.model.train()
+    return out
+
+
 def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     """Train `task.model` for cfg.max_steps; return the final held-out metrics (plus timing)."""
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.deterministic)
@@ -160,13 +171,6 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     log = JsonlLog(run_dir / "log.jsonl", step if resume_path else None) if rt.is_main else None
     if rt.is_main:
         ckpt.atomic_write_text(json.dumps(full_config, indent=2) + "\n", run_dir / "config.json")
-
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad(), rt.autocast():
-            out = {k: float(v) for k, v in task.evaluate(model).items()}
-        model.train()
-        return out
 
     def save(path_step: int) -> None:
         state = {"stage": task.stage, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -228,7 +232,7 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
         is_best = False
         if rt.is_main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             t_eval = time.time()
-            metrics = evaluate()
+            metrics = run_evaluation(task, rt)
             log.write({"kind": "eval", "step": step, **metrics})
             tqdm.write(f"eval step {step}: " + " | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
             value = metrics.get(task.best_metric)

@@ -37,6 +37,15 @@ def test_stage_filter_and_errors(tmp_path):
         bench.run_bench("Z", threads=1, toy=True)
 
 
+def test_gpu_configs_build_and_step_every_row():
+    """`--gpu-configs` builds its rows from the *_gpu / small configs (the Talker's conditions on the
+    Thinker's hidden states there, which needs a Thinker in the row). Toy sizes keep their choices, so
+    a CPU checks that each row builds and steps; on a CUDA machine the same call would time them."""
+    result = bench.run_bench("", threads=1, gpu_configs=True, toy=True, warmup=0, repeats=1)
+    assert [r["row"] for r in result["rows"]] == list(bench.ROWS)
+    assert all(r["units_per_s"] > 0 and r["gflop_per_step"] > 0 for r in result["rows"])
+
+
 @pytest.mark.parametrize("loss_chunk", [0, 8])  # the chunked loss runs its matmuls itself: same count
 def test_flops_match_hand_count(loss_chunk):
     """Forward + backward of a small Thinker, counted by hand. Every linear layer (q/k/v, o, gate/up,
