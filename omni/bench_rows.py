@@ -175,21 +175,24 @@ def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Cas
 
 
 def omni_case(path: str, thinker_path: str, vision_path: str, audio_path: str, toy: bool) -> Case:
-    """Stage E: the assistant-token loss on B image-question rows of 40 positions, 9 of them the
-    picture's projected tokens (the encoders' outputs are computed once per run, so the step is the
-    projectors and the Thinker; every part trains here, the freeze plan aside)."""
+    """Stage E: the assistant-token loss on B image-question rows: the picture's projected tokens
+    (9 at the tiny config, 49 at the GPU one) and 31 positions of chat tokens, question and answer
+    (the encoders' outputs are computed once per run, so the step is the projectors and the Thinker;
+    every part trains here, the freeze plan aside). Toy sizes keep the picture's geometry."""
     th = config.from_dict(ThinkerConfig, _json(thinker_path, "model"), thinker_path)
     v = config.from_dict(VisionConfig, _json(vision_path, "vision"), vision_path)
     a = config.from_dict(AudioEncoderConfig, _json(audio_path, "model"), audio_path)
     proj = config.from_dict(ProjectorConfig, _json(path, "projector"), path)
-    B, T = _json(path, "train").get("batch_size", 16), 40
+    B = _json(path, "train").get("batch_size", 16)
     if toy:
-        th = ThinkerConfig(vocab_size=256, d_model=32, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
-        v, a, proj, B = VisionConfig(d_model=32, n_layer=1, n_head=2, merge_dim=32), \
-            AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), ProjectorConfig(hidden=32), 2
+        th = ThinkerConfig(vocab_size=256, d_model=32, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=128)
+        v = VisionConfig(image_size=v.image_size, patch_size=v.patch_size, d_model=32, n_layer=1, n_head=2,
+                         merge_dim=32 if v.merge_dim else 0)
+        a, proj, B = AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), ProjectorConfig(hidden=32), 2
     image_id, audio_id = th.vocab_size - 2, th.vocab_size - 1
     model = OmniModel(th, v, a, proj, image_id, audio_id)
     n = model.image_tokens
+    T = n + 31
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, image_id, (B, T), generator=g)
     x[:, 2: 2 + n] = image_id  # <|im_start|>user, then the picture, then the question and the answer
