@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from omni.config import UserError
+from omni.device import to_device
 from omni.paths import repo_path
 
 STEP_RE = re.compile(r"step_(\d+)\.pt$")
@@ -69,22 +70,11 @@ def _commit(tmp: Path, path: Path) -> None:
         os.close(fd)
 
 
-def on_cpu(obj):
-    """The same (nested) dict/list of tensors and numbers with every tensor on the CPU."""
-    if torch.is_tensor(obj):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(on_cpu(v) for v in obj)
-    return obj
-
-
 def atomic_save(obj, path: Path) -> None:
     """Tensors are saved from the CPU, so a checkpoint written on a GPU loads with a plain
     `torch.load(path, weights_only=True)` on a machine without one."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(on_cpu(obj), tmp)
+    torch.save(to_device(obj, torch.device("cpu"), non_blocking=False), tmp)
     _commit(tmp, path)
 
 

@@ -107,12 +107,13 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", deterministic: bool
     return Runtime(dev, pick_dtype(dtype, dev), rank, world_size)
 
 
-def to_device(batch, device: torch.device):
-    """Move every tensor in a (nested) dict/list/tuple batch to `device`."""
+def to_device(batch, device: torch.device, non_blocking: bool = True):
+    """Move every tensor in a (nested) dict/list/tuple batch to `device` (non_blocking=False waits
+    for each copy: a checkpoint must hold finished copies before it is written)."""
     if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
     return batch
