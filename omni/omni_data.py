@@ -10,6 +10,7 @@ Five kinds of turn, mixed by the shares in the config (data.shares), one kind pe
 (with data.question_first, the tiny config's order; by default the picture comes first, as in LLaVA)
     asr        [speech] what did they say?               -> she was not sorry to be gone
     text       continue the passage: [64 Austen tokens]  -> [the next 64 tokens]
+    copy       [a transcript, typed] what did they say?  -> the same words (copying, which transcription needs)
 
 Pictures, questions and captions come from the shapes world of stage C (data/shapes_tiny): the
 test pictures hold colour-shape pairs never seen in training. The spoken questions are made here,
@@ -46,7 +47,7 @@ from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, _speak_shard, make_voi
 from omni.text_data import encode_stream, eval_windows, split_corpus
 from omni.vision import load_image_manifest
 
-KINDS = ("image_qa", "caption", "spoken_qa", "asr", "text")
+KINDS = ("image_qa", "caption", "spoken_qa", "asr", "text", "copy")
 QUESTION_KINDS = {"what colour": "colour", "what shape": "shape", "what size": "size", "where is": "position",
                   "how many": "count", "is there": "yesno"}
 CAPTION_PROMPT, ASR_PROMPT, TEXT_PROMPT = "describe the picture.", "what did they say?", "continue the passage:\n"
@@ -241,6 +242,10 @@ class OmniData:
             j = pick(len(texts))
             turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]
             return *self.t.encode(turns), None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
+        if kind == "copy":  # a transcription turn with the clip's words typed: the reply copies them
+            texts = self.asr["train"][0]
+            text = texts[pick(len(texts))]
+            return *self.t.encode([("user", [text, ASR_PROMPT]), ("assistant", [text])]), None, None, []
         n = self.cfg.text_tokens
         start = pick(len(self.text_ids) - n)
         ids = self.text_ids[start: start + n].tolist()

@@ -50,6 +50,7 @@ class OmniModel(nn.Module):
             "audio": Projector(audio.d_model, thinker.d_model, projector, linear="audio" in projector.linear)})
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
         self.audio_ctc = projector.audio_ctc  # weight of the audio frames' CTC loss (spell_loss), 0 = none
+        self.audio_tokens = projector.audio_tokens  # frames enter as token embeddings weighted by the spelling
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,26 @@ class OmniModel(nn.Module):
         n, d = self.image_tokens, image_feats.shape[-1]  # every picture has n frames, in cell order
         image = self.projectors["image"](image_feats.view(-1, n, d)).flatten(0, 1)  # (N_img, d_model)
         e = splice(e, x, self.image_id, image, "image")
-        return splice(e, x, self.audio_id, self.projectors["audio"](audio_feats), "audio")
+        return splice(e, x, self.audio_id, self.audio_frames(audio_feats), "audio")
+
+    def spelling(self, audio_feats) -> torch.Tensor:
+        """(N_aud, d_audio) -> (N_aud, vocab) log-probabilities of the Thinker token each projected frame
+        says: its cosine similarity to each row of the token embedding table (detached: the table
+        learns nothing from the spelling) times 10; the audio placeholder's row is the CTC blank."""
+        frames = F.normalize(self.projectors["audio"](audio_feats).float(), dim=-1)  # (N_aud, d_model)
+        table = F.normalize(self.thinker.tok_emb.weight.detach().float(), dim=-1)  # (vocab, d_model)
+        return (10 * frames @ table.T).log_softmax(-1)
+
+    def audio_frames(self, audio_feats) -> torch.Tensor:
+        """(N_aud, d_audio) -> (N_aud, d_model): what the Thinker reads for each audio frame. By default
+        the projector's output. With audio_tokens, LegoSLM's way (Ma et al. 2025, arXiv:2505.11352):
+        the Thinker's own token embeddings weighted by the frame's spelling, so a frame that says
+        " square" arrives as the embedding of " square", the way a typed word does, and a frame
+        between words as the placeholder's embedding."""
+        if not self.audio_tokens:
+            return self.projectors["audio"](audio_feats)
+        table = self.thinker.tok_emb.weight  # (vocab, d_model)
+        return (self.spelling(audio_feats).exp() @ table.float()).to(table.dtype)
 
     def spell_loss(self, audio_feats, words, n_words, n_frames) -> torch.Tensor:
         """CTC loss of the projected audio frames spelling what each clip says in the Thinker's own
@@ -81,10 +101,7 @@ class OmniModel(nn.Module):
         the way typed words arrive. Speech-LLaMA (Wu et al. 2023, arXiv:2307.03917) and LegoSLM (Ma
         et al. 2025, arXiv:2505.11352) join a speech encoder to a language model through CTC over
         the language model's tokens in the same spirit."""
-        frames = F.normalize(self.projectors["audio"](audio_feats).float(), dim=-1)  # (N_aud, d_model)
-        table = F.normalize(self.thinker.tok_emb.weight.detach().float(), dim=-1)  # (vocab, d_model)
-        logp = (10 * frames @ table.T).log_softmax(-1)  # (N_aud, vocab)
-        logp = nn.utils.rnn.pad_sequence(logp.split(n_frames.tolist()))  # (T_max, n, vocab)
+        logp = nn.utils.rnn.pad_sequence(self.spelling(audio_feats).split(n_frames.tolist()))  # (T_max, n, vocab)
         return F.ctc_loss(logp, words, n_frames, n_words, blank=self.audio_id, zero_infinity=True)
 
     def forward(self, x, y, loss_mask, image_feats, audio_feats, said=None):

@@ -170,6 +170,22 @@ def test_plain_text_rows_count_every_token(world):
     assert d.t.im_start in ids and 0 < sum(mask) <= 5
 
 
+def test_a_copy_row_types_a_transcript_and_counts_only_its_copy(world):
+    """data kind 'copy': a transcription turn whose words are typed instead of spoken; the reply,
+    the only counted part, is those same words."""
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what turn() reads for copy rows
+    d.t, d.cfg = ChatTemplate(tok), omni_data.OmniDataConfig()
+    d.asr = {"train": (["a small red circle", "she was not at home"], [])}
+    ids, mask, img, aud, said = d.turn("copy", torch.Generator().manual_seed(0))
+    assert img is None and aud is None and said == []
+    reply = [i for i, m in zip(ids, mask) if m][:-1]  # the counted tokens, less the closing <|im_end|>
+    text = tok.decode(reply)
+    assert text in d.asr["train"][0] and sum(mask) == len(d.t.text_ids(text)) + 1
+    user = tok.decode(ids[: ids.index(d.t.im_end)])
+    assert text in user and omni_data.ASR_PROMPT in user
+
+
 def test_the_audio_ctc_pulls_spoken_frames_to_the_embeddings_of_their_words():
     """projector.audio_ctc: trained on the CTC loss alone, the audio projector maps each word's frames
     nearest to that word's row of the Thinker's embedding table (blank: the audio placeholder's row)
@@ -210,6 +226,36 @@ def test_the_audio_ctc_pulls_spoken_frames_to_the_embeddings_of_their_words():
     assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base + model.spell_loss(feats, *said))
     model.audio_ctc = 0.0
     assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base)
+
+
+def test_audio_tokens_frames_arrive_as_the_embeddings_of_the_tokens_they_spell():
+    """projector.audio_tokens (LegoSLM): each audio frame the Thinker reads is its spelling's
+    probabilities times the Thinker's token embedding table, so a frame that spells token t arrives
+    as (nearly) t's own embedding, the way the typed token would; gradients reach the projector
+    through the spelling and the table through the sum; without audio_ctc the switch is refused."""
+    torch.manual_seed(0)
+    from omni.omni_model import OmniModel
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    cfg = ProjectorConfig(hidden=32, audio_ctc=1.0, audio_tokens=True)
+    model = OmniModel(th, vision, audio, cfg, image_id=38, audio_id=39)
+    feats = torch.randn(6, 16)
+    frames = model.audio_frames(feats)  # (6, d_model)
+    table = model.thinker.tok_emb.weight
+    assert torch.allclose(frames, model.spelling(feats).exp() @ table, atol=1e-6)
+    proj = model.projectors["audio"]
+    model.audio_frames(torch.randn(3, 16)).sum().backward()
+    assert proj.up.weight.grad.abs().sum() > 0 and table.grad.abs().sum() > 0
+    with torch.no_grad():  # make the projector say token 7 loudly: its output along 7's embedding
+        proj.down.weight.zero_()
+        proj.down.bias.copy_(table[7] * 100)
+    said = model.audio_frames(feats)
+    assert (said - table[7]).norm(dim=-1).max() < 0.3 * table[7].norm()
+    nearest = (said @ table.T / table.norm(dim=-1)).argmax(-1)
+    assert nearest.tolist() == [7] * 6
+    with pytest.raises(ValueError, match="audio_tokens needs audio_ctc"):
+        ProjectorConfig(audio_tokens=True)
 
 
 def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
