@@ -146,7 +146,7 @@ def main(cfg: OmniStageConfig) -> dict:
         ref_bpb = bits_per_byte(model.thinker)
         hyps = []
         for _, _, f in asr_prompts:  # stage B's own CTC head on the very same clips
-            logits = ctc.head(f).view(1, len(f) * ctc.up, -1).log_softmax(-1)
+            logits = ctc.head(model.centre(f)).view(1, len(f) * ctc.up, -1).log_softmax(-1)
             hyps.append(vocab.decode(ctc_greedy_decode(logits, torch.tensor([len(f) * ctc.up]))[0]))
         ref_cer = cer(asr_refs, hyps)
     print(f"references: stage A bits per byte {ref_bpb:.4f} on the held-out chapters; stage B CER "

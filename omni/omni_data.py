@@ -176,7 +176,7 @@ class OmniData:
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
-        self.dims = (self.images["train"].shape[-1], model.audio.cfg.d_model)
+        self.dims = (self.images["train"].shape[-1], model.audio_width)
 
     def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0, copies: int = 0):
         """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's first `limit` clips

@@ -45,9 +45,11 @@ class OmniModel(nn.Module):
         self.audio = AudioEncoder(audio)
         self.image_tokens = vision.grid ** 2 // 4 if vision.merge_dim else vision.grid ** 2  # per picture
         n_pos = self.image_tokens if projector.image_pos else 0
+        self.audio_context = projector.audio_context  # neighbours on each side stacked with each audio frame
+        self.audio_width = audio.d_model * (2 * self.audio_context + 1)  # the audio projector's input width
         self.projectors = nn.ModuleDict({
             "image": Projector(vision.width, thinker.d_model, projector, n_pos, linear="image" in projector.linear),
-            "audio": Projector(audio.d_model, thinker.d_model, projector, linear="audio" in projector.linear)})
+            "audio": Projector(self.audio_width, thinker.d_model, projector, linear="audio" in projector.linear)})
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
         self.audio_ctc = projector.audio_ctc  # weight of the audio frames' CTC loss (spell_loss), 0 = none
         self.audio_tokens = projector.audio_tokens  # frames enter as token embeddings weighted by the spelling
@@ -59,9 +61,26 @@ class OmniModel(nn.Module):
 
     @torch.no_grad()
     def encode_audio(self, mels: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
-        """(B, T, n_mels) padded log-mels and their lengths -> one (T_i / 4, d_audio) tensor per clip."""
+        """(B, T, n_mels) padded log-mels and their lengths -> one (T_i / 4, audio_width) tensor per clip:
+        each frame of the frozen encoder, with audio_context frames on each side stacked beside it."""
         h, out_lengths = self.audio(mels, lengths)  # (B, T', d_audio), (B,)
-        return [h[b, :n] for b, n in enumerate(out_lengths.tolist())]
+        return [self.stack(h[b, :n]) for b, n in enumerate(out_lengths.tolist())]
+
+    def stack(self, f: torch.Tensor) -> torch.Tensor:
+        """(T, d_audio) one clip's frames -> (T, audio_width): frame t beside frames t - c .. t + c
+        (c = audio_context; past the clip's ends its first or last frame repeats). The encoder's frames
+        carry a few characters each, a token of the Thinker spans several: with its neighbours in view
+        the projector can spell a whole word from one frame. Stacking neighbours is the low-frame-rate
+        trick of speech recognisers and of speech LLMs' adapters (SALMONN's windows, Qwen-Audio's pooling)."""
+        c = self.audio_context
+        if not c:
+            return f
+        t = torch.arange(len(f), device=f.device)
+        return f[(t[:, None] + torch.arange(-c, c + 1, device=f.device)).clamp(0, len(f) - 1)].flatten(1)
+
+    def centre(self, f: torch.Tensor) -> torch.Tensor:
+        """(T, audio_width) stacked frames -> (T, d_audio): each frame alone, as the encoder gave it."""
+        return f.view(len(f), 2 * self.audio_context + 1, -1)[:, self.audio_context]
 
     def embed(self, x: torch.Tensor, image_feats: torch.Tensor, audio_feats: torch.Tensor) -> torch.Tensor:
         """x (B, T) ids with placeholders; image_feats (N_img, d_vision) and audio_feats (N_aud, d_audio):
@@ -120,7 +139,7 @@ def reply(model: OmniModel, prompts: list[tuple[list[int], torch.Tensor, torch.T
     """Greedy replies to many prompts (ids ending in the generation prompt, image and audio frames or None).
     The Thinker has no padding mask, so prompts of equal length are batched together."""
     device = next(model.parameters()).device
-    dims = (model.vision.cfg.width, model.audio.cfg.d_model)
+    dims = (model.vision.cfg.width, model.audio_width)
 
     def frames(feats, which):  # the frames of a group in order, (N, d); None = no such input
         feats = [f.reshape(-1, dims[which]) for f in feats if f is not None]

@@ -258,6 +258,32 @@ def test_audio_tokens_frames_arrive_as_the_embeddings_of_the_tokens_they_spell()
         ProjectorConfig(audio_tokens=True)
 
 
+def test_audio_context_stacks_each_frame_beside_its_neighbours_within_its_clip():
+    """projector.audio_context c: the audio projector reads frame t beside frames t - c .. t + c of the
+    same clip (its first or last frame repeating past the ends), and `centre` gives the frame back."""
+    from omni.omni_model import OmniModel
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    model = OmniModel(th, vision, audio, ProjectorConfig(hidden=32, audio_context=2), image_id=38, audio_id=39)
+    assert model.audio_width == 5 * 16 and model.projectors["audio"].norm.normalized_shape == (80,)
+    f = torch.arange(4.0)[:, None].expand(4, 16)  # frame t is all t
+    stacked = model.stack(f)  # (4, 80)
+    assert stacked.view(4, 5, 16)[:, :, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 3],
+                                                         [1, 2, 3, 3, 3]]
+    assert torch.equal(model.centre(stacked), f)
+    alone = OmniModel(th, vision, audio, ProjectorConfig(hidden=32), image_id=38, audio_id=39)
+    alone.audio.load_state_dict(model.audio.state_dict())
+    model.eval(), alone.eval()  # no dropout: the same encoder gives the same frames
+    mels, lengths = torch.randn(2, 40, audio.n_mels), torch.tensor([40, 24])
+    clips = model.encode_audio(mels, lengths)
+    assert [c.shape[1] for c in clips] == [80, 80] and len(clips[1]) < len(clips[0])
+    for c, a in zip(clips, alone.encode_audio(mels, lengths)):  # the neighbours come from the clip itself
+        assert torch.allclose(model.centre(c), a) and torch.allclose(c.view(len(c), 5, 16)[-1, 4], a[-1])
+    with pytest.raises(ValueError, match="audio_context"):
+        ProjectorConfig(audio_context=-1)
+
+
 def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
     _, tok, _ = world
     t = ChatTemplate(tok)
