@@ -1,9 +1,14 @@
-"""Stage E's projectors: output scale, cell positions, the linear and orthogonal variants, and
-cells that start at their names' embeddings."""
+"""Stage E's projectors: output scale, cell positions, the linear and orthogonal variants, cells
+that start at their names' embeddings, and the audio projector's spelling (CTC), frames as token
+embeddings and frames with their neighbours."""
 import pytest
 import torch
 
+from omni.audio_encoder import AudioEncoderConfig
+from omni.omni_model import OmniModel
 from omni.projector import Projector, ProjectorConfig
+from omni.thinker import ThinkerConfig
+from omni.vision import VisionConfig
 
 
 def test_projector_output_stays_at_the_token_embeddings_scale():
@@ -83,3 +88,97 @@ def test_cell_vectors_can_start_at_the_embeddings_of_the_cells_names():
     assert torch.allclose(p.pos[1], (table[2] + table[3]) / 2) and torch.equal(p.pos[0], table[1])
     with pytest.raises(ValueError, match="2 names for 3 positions"):
         p.name_positions(table, [[1], [2]])
+
+
+def test_the_audio_ctc_pulls_spoken_frames_to_the_embeddings_of_their_words():
+    """projector.audio_ctc: trained on the CTC loss alone, the audio projector maps each word's frames
+    nearest to that word's row of the Thinker's embedding table (blank: the audio placeholder's row)
+    so that the frames read greedily, as CTC reads, say the clip's words;
+    the table itself gets no gradient, and the loss joins the Thinker's only when its weight is > 0."""
+    torch.manual_seed(0)
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    model = OmniModel(th, vision, audio, ProjectorConfig(hidden=32, audio_ctc=1.0), image_id=38, audio_id=39)
+    sound = torch.randn(40, 16)  # what each token id "sounds like" to the encoder; 39 = silence
+    clips = [[5, 7, 9], [9, 5], [11, 7, 5, 3]]  # token ids said, each for 3 frames between silences
+    frames = [[w for t in c for w in (t, t, t, 39)] for c in clips]
+    feats = torch.cat([sound[f] + 0.1 * torch.randn(len(f), 16) for f in frames])  # (N_aud, 16)
+    said = (torch.tensor([t for c in clips for t in c]), torch.tensor([len(c) for c in clips]),
+            torch.tensor([len(f) for f in frames]))
+    opt = torch.optim.Adam(model.projectors["audio"].parameters(), lr=1e-2)
+    first = model.spell_loss(feats, *said).item()
+    for _ in range(150):
+        loss = model.spell_loss(feats, *said)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first and model.thinker.tok_emb.weight.grad is None
+    with torch.no_grad():
+        proj = torch.nn.functional.normalize(model.projectors["audio"](feats), dim=-1)
+        nearest = (proj @ torch.nn.functional.normalize(model.thinker.tok_emb.weight, dim=-1).T).argmax(-1)
+    read = []
+    for f in nearest.split(said[2].tolist()):  # CTC's greedy reading: repeats collapse, blanks drop
+        ids = torch.unique_consecutive(f).tolist()
+        read.append([t for t in ids if t != 39])
+    assert read == clips
+    x = torch.tensor([[1] * 4 + [39] * len(feats)])  # a row with the clips' placeholders
+    y, mask, empty = x.clone(), torch.ones_like(x), torch.zeros(0, 16)
+    base = model.thinker(embeds=model.embed(x, empty, feats), targets=y, loss_mask=mask)[1]
+    assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base + model.spell_loss(feats, *said))
+    model.audio_ctc = 0.0
+    assert torch.allclose(model(x, y, mask, empty, feats, said)[1], base)
+
+
+def test_audio_tokens_frames_arrive_as_the_embeddings_of_the_tokens_they_spell():
+    """projector.audio_tokens (LegoSLM): each audio frame the Thinker reads is its spelling's
+    probabilities times the Thinker's token embedding table, so a frame that spells token t arrives
+    as (nearly) t's own embedding, the way the typed token would; gradients reach the projector
+    through the spelling and the table through the sum; without audio_ctc the switch is refused."""
+    torch.manual_seed(0)
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    cfg = ProjectorConfig(hidden=32, audio_ctc=1.0, audio_tokens=True)
+    model = OmniModel(th, vision, audio, cfg, image_id=38, audio_id=39)
+    feats = torch.randn(6, 16)
+    frames = model.audio_frames(feats)  # (6, d_model)
+    table = model.thinker.tok_emb.weight
+    assert torch.allclose(frames, model.spelling(feats).exp() @ table, atol=1e-6)
+    proj = model.projectors["audio"]
+    model.audio_frames(torch.randn(3, 16)).sum().backward()
+    assert proj.up.weight.grad.abs().sum() > 0 and table.grad.abs().sum() > 0
+    with torch.no_grad():  # make the projector say token 7 loudly: its output along 7's embedding
+        proj.down.weight.zero_()
+        proj.down.bias.copy_(table[7] * 100)
+    said = model.audio_frames(feats)
+    assert (said - table[7]).norm(dim=-1).max() < 0.3 * table[7].norm()
+    nearest = (said @ table.T / table.norm(dim=-1)).argmax(-1)
+    assert nearest.tolist() == [7] * 6
+    with pytest.raises(ValueError, match="audio_tokens needs audio_ctc"):
+        ProjectorConfig(audio_tokens=True)
+
+
+def test_audio_context_stacks_each_frame_beside_its_neighbours_within_its_clip():
+    """projector.audio_context c: the audio projector reads frame t beside frames t - c .. t + c of the
+    same clip (its first or last frame repeating past the ends), and `centre` gives the frame back."""
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    vision = VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16)
+    audio = AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32)
+    model = OmniModel(th, vision, audio, ProjectorConfig(hidden=32, audio_context=2), image_id=38, audio_id=39)
+    assert model.audio_width == 5 * 16 and model.projectors["audio"].norm.normalized_shape == (80,)
+    f = torch.arange(4.0)[:, None].expand(4, 16)  # frame t is all t
+    stacked = model.stack(f)  # (4, 80)
+    assert stacked.view(4, 5, 16)[:, :, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 3],
+                                                         [1, 2, 3, 3, 3]]
+    assert torch.equal(model.centre(stacked), f)
+    alone = OmniModel(th, vision, audio, ProjectorConfig(hidden=32), image_id=38, audio_id=39)
+    alone.audio.load_state_dict(model.audio.state_dict())
+    model.eval(), alone.eval()  # no dropout: the same encoder gives the same frames
+    mels, lengths = torch.randn(2, 40, audio.n_mels), torch.tensor([40, 24])
+    clips = model.encode_audio(mels, lengths)
+    assert [c.shape[1] for c in clips] == [80, 80] and len(clips[1]) < len(clips[0])
+    for c, a in zip(clips, alone.encode_audio(mels, lengths)):  # the neighbours come from the clip itself
+        assert torch.allclose(model.centre(c), a) and torch.allclose(c.view(len(c), 5, 16)[-1, 4], a[-1])
+    with pytest.raises(ValueError, match="audio_context"):
+        ProjectorConfig(audio_context=-1)
