@@ -1,6 +1,6 @@
 """Stage E's data: chat turns about pictures, spoken questions, transcription and plain prose.
 
-Five kinds of turn, mixed by the shares in the config (data.shares), one kind per micro-batch
+Six kinds of turn, mixed by the shares in the config (data.shares), one kind per micro-batch
 (so rows of similar length share a batch and little is padding):
 
     image_qa   what colour is the star? [picture]        -> purple
