@@ -38,7 +38,7 @@ from omni.vision import load_image
 
 @torch.no_grad()
 def stream(model, ids: list[int], image, audio, max_new: int, eos_id: int):
-    """Yield the answer's token ids one at a time (greedy). image (N, d_vision) / audio (T, d_audio) or None."""
+    """Yield the answer's token ids one at a time (greedy). image (N, d_vision) / audio (T, audio_width) or None."""
     dims = (model.vision.cfg.width, model.audio_width)
     img = image if image is not None else torch.zeros(0, dims[0])
     aud = audio if audio is not None else torch.zeros(0, dims[1])

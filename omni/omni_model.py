@@ -83,7 +83,7 @@ class OmniModel(nn.Module):
         return f.view(len(f), 2 * self.audio_context + 1, -1)[:, self.audio_context]
 
     def embed(self, x: torch.Tensor, image_feats: torch.Tensor, audio_feats: torch.Tensor) -> torch.Tensor:
-        """x (B, T) ids with placeholders; image_feats (N_img, d_vision) and audio_feats (N_aud, d_audio):
+        """x (B, T) ids with placeholders; image_feats (N_img, d_vision) and audio_feats (N_aud, audio_width):
         every frame of the batch in order. Returns the spliced embeddings (B, T, d_model)."""
         e = self.thinker.embed_tokens(x)
         n, d = self.image_tokens, image_feats.shape[-1]  # every picture has n frames, in cell order
@@ -92,7 +92,7 @@ class OmniModel(nn.Module):
         return splice(e, x, self.audio_id, self.audio_frames(audio_feats), "audio")
 
     def spelling(self, audio_feats) -> torch.Tensor:
-        """(N_aud, d_audio) -> (N_aud, vocab) log-probabilities of the Thinker token each projected frame
+        """(N_aud, audio_width) -> (N_aud, vocab) log-probabilities of the Thinker token each projected frame
         says: its cosine similarity to each row of the token embedding table (detached: the table
         learns nothing from the spelling) times 10; the audio placeholder's row is the CTC blank."""
         frames = F.normalize(self.projectors["audio"](audio_feats).float(), dim=-1)  # (N_aud, d_model)
@@ -100,7 +100,7 @@ class OmniModel(nn.Module):
         return (10 * frames @ table.T).log_softmax(-1)
 
     def audio_frames(self, audio_feats) -> torch.Tensor:
-        """(N_aud, d_audio) -> (N_aud, d_model): what the Thinker reads for each audio frame. By default
+        """(N_aud, audio_width) -> (N_aud, d_model): what the Thinker reads for each audio frame. By default
         the projector's output. With audio_tokens, LegoSLM's way (Ma et al. 2025, arXiv:2505.11352):
         the Thinker's own token embeddings weighted by the frame's spelling, so a frame that says
         " square" arrives as the embedding of " square", the way a typed word does, and a frame
