@@ -112,7 +112,7 @@ class OmniModel(nn.Module):
 
     def spell_loss(self, audio_feats, words, n_words, n_frames) -> torch.Tensor:
         """CTC loss of the projected audio frames spelling what each clip says in the Thinker's own
-        tokens. audio_feats (N_aud, d_audio): the clips' frames in order, n_frames (n,) per clip;
+        tokens. audio_feats (N_aud, audio_width): the clips' frames in order, n_frames (n,) per clip;
         words (S,): the token ids of every clip's text, n_words (n,) per clip. A frame's logits are
         its cosine similarity to each row of the Thinker's token embedding table (detached: only the
         projector learns from this loss) times 10; the blank is the audio placeholder's row. So a
