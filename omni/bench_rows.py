@@ -6,7 +6,7 @@ printed is omni/bench.py's part.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -178,7 +178,8 @@ def omni_case(path: str, thinker_path: str, vision_path: str, audio_path: str, t
     """Stage E: the assistant-token loss on B image-question rows: the picture's projected tokens
     (9 at the tiny config, 49 at the GPU one) and 31 positions of chat tokens, question and answer
     (the encoders' outputs are computed once per run, so the step is the projectors and the Thinker;
-    every part trains here, the freeze plan aside). Toy sizes keep the picture's geometry."""
+    every part trains here, the freeze plan aside). Toy sizes keep the picture's geometry and the
+    projector's choices (its audio context sets the width the audio projector reads)."""
     th = config.from_dict(ThinkerConfig, _json(thinker_path, "model"), thinker_path)
     v = config.from_dict(VisionConfig, _json(vision_path, "vision"), vision_path)
     a = config.from_dict(AudioEncoderConfig, _json(audio_path, "model"), audio_path)
@@ -188,7 +189,7 @@ def omni_case(path: str, thinker_path: str, vision_path: str, audio_path: str, t
         th = ThinkerConfig(vocab_size=256, d_model=32, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=128)
         v = VisionConfig(image_size=v.image_size, patch_size=v.patch_size, d_model=32, n_layer=1, n_head=2,
                          merge_dim=32 if v.merge_dim else 0)
-        a, proj, B = AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), ProjectorConfig(hidden=32), 2
+        a, proj, B = AudioEncoderConfig(d_model=32, n_layer=1, n_head=2, d_ff=64), replace(proj, hidden=32), 2
     image_id, audio_id = th.vocab_size - 2, th.vocab_size - 1
     model = OmniModel(th, v, a, proj, image_id, audio_id)
     n = model.image_tokens
@@ -199,7 +200,7 @@ def omni_case(path: str, thinker_path: str, vision_path: str, audio_path: str, t
     mask = torch.zeros(B, T)
     mask[:, -3:] = 1  # a one-word answer and <|im_end|>: the tokens the loss counts
     batch = (x, torch.randint(0, image_id, (B, T), generator=g), mask, torch.randn(B * n, v.width, generator=g),
-             torch.zeros(0, a.d_model))
+             torch.zeros(0, model.audio_width))  # no clips in these rows; the width the projector reads
     return Case(model, batch, lambda model, b: model(*b)[1], B * T, "tok")
 
 
