@@ -2,9 +2,10 @@
 
 - device "auto": cuda if there is one, then Apple's mps, then cpu.
 - dtype "auto": bf16 autocast on a GPU that supports it, fp16 autocast with a gradient scaler on
-  an older GPU, fp32 on cpu (bf16 matmuls on a typical CPU are many times slower than fp32) and on
-  mps (its autocast is less mature). Weights always stay fp32; autocast runs the matmuls in low
-  precision (the usual "mixed precision" recipe).
+  an older GPU, fp32 on cpu (bf16 matmuls on a CPU without AMX are many times slower than fp32, and
+  with AMX the tiny models gain nothing: chapter 1) and on mps (its autocast is less mature).
+  Weights always stay fp32; autocast runs the matmuls in low precision (the usual "mixed
+  precision" recipe).
 - `torchrun --nproc_per_node=N script.py ...` sets WORLD_SIZE/RANK/LOCAL_RANK: then each process
   takes one GPU (nccl backend), or with train.device=cpu or on a machine without CUDA runs on the
   CPU (gloo backend), and the training loop wraps the model in DistributedDataParallel.
