@@ -95,9 +95,6 @@ def main(cfg: OmniStageConfig) -> dict:
         if any(plan.get(p, 1.0) != 0 for p in ENCODERS):  # their features are computed once, below
             raise config.UserError(f"{where}: the encoders are frozen in stage E; it must map "
                                    f"{' and '.join(repr(p) for p in ENCODERS)} to 0, got {plan}")
-    if {k for k, v in cfg.phase1.shares.items() if v > 0} - {k for k, v in cfg.data.shares.items() if v > 0}:
-        raise config.UserError(f"phase1.shares: {cfg.phase1.shares} draws a kind that data.shares does not, so its "
-                               f"data is not loaded; give it a share in data.shares too ({cfg.data.shares})")
     run_dir = repo_path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -121,7 +118,7 @@ def main(cfg: OmniStageConfig) -> dict:
         print(f"inherited from {path}: " + " ".join(f"{k}={v}" for k, v in inherited[name].items()))
     model.eval()
     front_end = config.from_dict(FrontEndConfig, inherited["front_end"], cfg.init.audio)
-    data = OmniData(cfg.data, model, template, front_end, cfg.train.seed, cfg.train.batch_size)
+    data = OmniData(cfg.data, model, template, front_end, cfg.train.seed, cfg.train.batch_size, cfg.phase1.shares)
     qa = data.qa_eval()
     asr_refs, asr_prompts = data.asr_eval()
     seq_len = inherited["text_data"].get("seq_len", 128)
@@ -199,11 +196,13 @@ def main(cfg: OmniStageConfig) -> dict:
               f"data: {', '.join(f'{k} {v:g}' for k, v in (cfg.phase1.shares or cfg.data.shares).items())} "
               f"-> {p1.out_dir}")
         phase1_seconds = fit(Task(model, lambda i: data.batch(i, cfg.phase1.shares), loss_fn, evaluate, "qa", "max",
-                                  lambda b: b[0].numel(), "tok", stage="E"), p1, full)["train_seconds"]
+                                  lambda b: b[0].numel(), "tok", stage="E",
+                                  partial=(cfg.phase1.shares or cfg.data.shares).get("spell", 0) > 0),
+                             p1, full)["train_seconds"]
     model.requires_grad_(True)  # fit freezes by setting requires_grad off: phase 1's plan must not carry over
     print(f"phase 2: {cfg.train.max_steps} steps, projectors and Thinker learn -> {cfg.train.out_dir}")
     task = Task(model, lambda i: data.batch(i + offset), loss_fn, evaluate, best_metric="qa", best_mode="max",
-                count=lambda b: b[0].numel(), unit="tok", stage="E")
+                count=lambda b: b[0].numel(), unit="tok", stage="E", partial=cfg.data.shares.get("spell", 0) > 0)
     final = fit(task, cfg.train, full)
 
     # 6. Final evaluation and summary ------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Stage E's data: chat turns about pictures, spoken questions, transcription and plain prose.
 
-Six kinds of turn, mixed by the shares in the config (data.shares), one kind per micro-batch
-(so rows of similar length share a batch and little is padding):
+Six kinds of turn, and one kind of row that is not a turn, mixed by the shares in the config
+(data.shares), one kind per micro-batch (so rows of similar length share a batch and little is padding):
 
     image_qa   what colour is the star? [picture]        -> purple
     caption    describe the picture. [picture]           -> a big purple star at the top left and ...
@@ -11,6 +11,8 @@ Six kinds of turn, mixed by the shares in the config (data.shares), one kind per
     asr        [speech] what did they say?               -> she was not sorry to be gone
     text       continue the passage: [64 Austen tokens]  -> [the next 64 tokens]
     copy       [a transcript, typed] what did they say?  -> the same words (copying, which transcription needs)
+    spell      [speech] alone: no turn, no Thinker; the audio projector's frames spell what is said
+               (OmniModel.spell_loss, CTC over the Thinker's tokens), on every clip of the speech set
 
 Pictures, questions and captions come from the shapes world of stage C (data/shapes_tiny): the
 test pictures hold colour-shape pairs never seen in training. The spoken questions are made here,
@@ -47,7 +49,7 @@ from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, _speak_shard, make_voi
 from omni.text_data import encode_stream, eval_windows, split_corpus
 from omni.vision import load_image_manifest
 
-KINDS = ("image_qa", "caption", "spoken_qa", "asr", "text", "copy")
+KINDS = ("image_qa", "caption", "spoken_qa", "asr", "text", "copy", "spell")
 QUESTION_KINDS = {"what colour": "colour", "what shape": "shape", "what size": "size", "where is": "position",
                   "how many": "count", "is there": "yesno"}
 CAPTION_PROMPT, ASR_PROMPT, TEXT_PROMPT = "describe the picture.", "what did they say?", "continue the passage:\n"
@@ -67,7 +69,8 @@ class OmniDataConfig:
     corpus: str = "data/austen"  # stage A's corpus: text turns and the held-out chapters (bits per byte)
     shares: dict[str, float] = field(default_factory=lambda: {
         "image_qa": 0.45, "caption": 0.1, "spoken_qa": 0.25, "asr": 0.1, "text": 0.1})  # micro-batches per kind
-    asr_clips: int = 3000  # training clips of the speech set used for transcription turns (0 = all)
+    asr_clips: int = 3000  # training clips of the speech set used for transcription and copy turns (0 = all;
+    # spell rows always draw from all)
     text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
     text_plain: bool = False  # text rows as plain prose, every token counted (stage A's own task), not a chat turn
     eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
@@ -151,8 +154,10 @@ class OmniData:
     """Every turn of stage E as ids plus frozen-encoder features; built once, then cheap to batch."""
 
     def __init__(self, cfg: OmniDataConfig, model, template: ChatTemplate, front_end: FrontEndConfig,
-                 seed: int, batch_size: int):
+                 seed: int, batch_size: int, also: dict[str, float] | None = None):
+        """`also`: another mix that batch() will be asked for (phase 1's); its kinds are loaded too."""
         self.cfg, self.t, self.seed, self.B = cfg, template, seed, batch_size
+        drawn = {k for mix in (cfg.shares, also or {}) for k, v in mix.items() if v > 0}
         self.max_len = model.thinker.cfg.max_seq_len
         size = model.vision.cfg.image_size
         root = repo_path(cfg.shapes)
@@ -166,13 +171,15 @@ class OmniData:
             self.first_qa.append(self.first_qa[-1] + len(r["questions"]))
         spoken = {s: self._clips(model, Path(cfg.spoken) / f"questions_{s}.jsonl", front_end,
                                  copies=cfg.spoken_copies if s == "train" else 0)
-                  for s in ("train", "test")} if cfg.shares.get("spoken_qa", 0) > 0 else {}
+                  for s in ("train", "test")} if "spoken_qa" in drawn else {}
         self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features; {} = no spoken turns
         for s, (texts, feats) in spoken.items():
             for text, f in zip(texts, feats):
                 self.voices[s].setdefault(text, []).append(f)
+        # spell rows draw from every training clip, transcription and copy turns from the first asr_clips
         self.asr = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
-                    for s, n in (("train", cfg.asr_clips), ("test", cfg.eval_clips))}
+                    for s, n in (("train", 0 if "spell" in drawn else cfg.asr_clips), ("test", cfg.eval_clips))}
+        self.n_asr = min(cfg.asr_clips or len(self.asr["train"][0]), len(self.asr["train"][0]))
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
@@ -237,14 +244,15 @@ class OmniData:
             img = self.images["train"][k]
             return (*self.t.encode([("user", self.ask(img, CAPTION_PROMPT)),
                                     ("assistant", [self.records["train"][k]["caption"]])]), img, None, [])
-        if kind == "asr":
+        if kind in ("asr", "spell"):
             texts, feats = self.asr["train"]
-            j = pick(len(texts))
+            j = pick(self.n_asr if kind == "asr" else len(texts))
+            if kind == "spell":  # no turn: only the frames and what they say
+                return [], [], None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
             turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]
             return *self.t.encode(turns), None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
         if kind == "copy":  # a transcription turn with the clip's words typed: the reply copies them
-            texts = self.asr["train"][0]
-            text = texts[pick(len(texts))]
+            text = self.asr["train"][0][pick(self.n_asr)]
             return *self.t.encode([("user", [text, ASR_PROMPT]), ("assistant", [text])]), None, None, []
         n = self.cfg.text_tokens
         start = pick(len(self.text_ids) - n)
@@ -257,7 +265,7 @@ class OmniData:
         """Micro-batch i: one kind drawn by the shares (None = data.shares), then B x batch_scale[kind]
         turns of it; a pure function of i and the shares. Returns x, y, loss mask (B, T), image and
         audio frames (N, d), and what the clips say: (token ids of all clips (S,), ids per clip (n,),
-        frames per clip (n,)), in frame order."""
+        frames per clip (n,)), in frame order. A spell batch's x, y and mask are empty (B, 0)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         shares = shares or self.cfg.shares
         kinds = [k for k in KINDS if shares.get(k, 0) > 0]
@@ -267,7 +275,8 @@ class OmniData:
         words = (torch.tensor([t for _, ids in said for t in ids], dtype=torch.long),
                  torch.tensor([len(ids) for _, ids in said], dtype=torch.long),
                  torch.tensor([n for n, _ in said], dtype=torch.long))
-        return (*collate([tr[:2] for tr in turns], self.t.tok.pad_id),
+        rows = [tr[:2] for tr in turns] if kind != "spell" else [([0], [0])] * len(turns)
+        return (*collate(rows, self.t.tok.pad_id),
                 self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1), words)
 
     def frames(self, feats: list, which: int) -> torch.Tensor:

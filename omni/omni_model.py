@@ -120,13 +120,20 @@ class OmniModel(nn.Module):
         the way typed words arrive. Speech-LLaMA (Wu et al. 2023, arXiv:2307.03917) and LegoSLM (Ma
         et al. 2025, arXiv:2505.11352) join a speech encoder to a language model through CTC over
         the language model's tokens in the same spirit."""
-        logp = nn.utils.rnn.pad_sequence(self.spelling(audio_feats).split(n_frames.tolist()))  # (T_max, n, vocab)
+        # (T_max, n, vocab) by one gather: past its end a clip repeats its last frame, which CTC never reads
+        # (pad_sequence would do the same, but its backward copies the whole tensor once per clip)
+        start = n_frames.cumsum(0) - n_frames
+        t = torch.arange(int(n_frames.max()), device=n_frames.device)[:, None]
+        logp = self.spelling(audio_feats)[start + torch.minimum(t, n_frames - 1)]
         return F.ctc_loss(logp, words, n_frames, n_words, blank=self.audio_id, zero_infinity=True)
 
     def forward(self, x, y, loss_mask, image_feats, audio_feats, said=None):
         """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss; with
         audio_ctc > 0 and said = (words, n_words, n_frames) of the batch's clips (OmniData.batch),
-        the loss adds audio_ctc times their spell_loss."""
+        the loss adds audio_ctc times their spell_loss. A batch with no tokens (OmniData's spell rows) is
+        the spell_loss alone: the Thinker does not run."""
+        if not x.numel():
+            return None, self.spell_loss(audio_feats, *said)
         logits, loss = self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
         if self.audio_ctc > 0 and said is not None and len(said[1]):
             loss = loss + self.audio_ctc * self.spell_loss(audio_feats, *said)

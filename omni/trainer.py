@@ -76,6 +76,7 @@ class Task:
     count: Callable[[object], int] = lambda b: 0  # units in a batch (tokens, seconds...), for throughput
     unit: str = "ex"  # the name of those units in the status line
     stage: str = ""  # which stage trains ("A", "B", "C", "D-codec", "D-talker", "E"); saved in each checkpoint
+    partial: bool = False  # some batches leave trainable parameters unused (DDP must then look for them)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -167,7 +168,7 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     train_model = model
     if rt.world_size > 1:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=task.partial)
     log = JsonlLog(run_dir / "log.jsonl", step if resume_path else None) if rt.is_main else None
     if rt.is_main:
         ckpt.atomic_write_text(json.dumps(full_config, indent=2) + "\n", run_dir / "config.json")

@@ -3,6 +3,7 @@ sft_omni.py end to end on tiny stage A/B/C checkpoints made here, exact resume, 
 mismatched stage checkpoint as one clear line."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -175,7 +176,7 @@ def test_a_copy_row_types_a_transcript_and_counts_only_its_copy(world):
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() reads for copy rows
     d.t, d.cfg = ChatTemplate(tok), omni_data.OmniDataConfig()
-    d.asr = {"train": (["a small red circle", "she was not at home"], [])}
+    d.asr, d.n_asr = {"train": (["a small red circle", "she was not at home"], [])}, 2
     ids, mask, img, aud, said = d.turn("copy", torch.Generator().manual_seed(0))
     assert img is None and aud is None and said == []
     reply = [i for i, m in zip(ids, mask) if m][:-1]  # the counted tokens, less the closing <|im_end|>
@@ -183,6 +184,41 @@ def test_a_copy_row_types_a_transcript_and_counts_only_its_copy(world):
     assert text in d.asr["train"][0] and sum(mask) == len(d.t.text_ids(text)) + 1
     user = tok.decode(ids[: ids.index(d.t.im_end)])
     assert text in user and omni_data.ASR_PROMPT in user
+
+
+def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
+    """data kind 'spell': no chat turn, only a clip's frames and the tokens it says (for the audio
+    projector's CTC); spell rows draw from every training clip, transcription turns from the first
+    data.asr_clips; a spell batch's token tensors are empty."""
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what turn() and batch() read
+    d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 4, (4, 6)
+    d.cfg = omni_data.OmniDataConfig(shares={"spell": 1}, batch_scale={"spell": 2})
+    texts = ["a small red circle", "she was not at home", "they walked to the village"]
+    d.asr, d.n_asr = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, 1
+    x, y, mask, img, aud, (words, n_words, n_frames) = d.batch(0)
+    assert x.shape == y.shape == mask.shape == (8, 0) and img.shape == (0, 4)
+    assert len(n_frames) == 8 and aud.shape == (int(n_frames.sum()), 6)
+    for w, f in zip(words.split(n_words.tolist()), aud.split(n_frames.tolist())):
+        j = int(f[0, 0])  # the clip's index, written in its frames
+        assert len(f) == 3 + j and w.tolist() == d.t.text_ids(texts[j])
+    spelled = {int(f[0, 0]) for i in range(10) for f in d.batch(i)[4].split(d.batch(i)[5][2].tolist())}
+    assert spelled == {0, 1, 2}  # every clip, though transcription turns would draw from the first only
+    assert {d.turn("asr", torch.Generator().manual_seed(i))[4][0][0] for i in range(10)} == {3}
+
+
+def test_spell_rows_train_under_torchrun(tmp_path, world):
+    """A spell batch leaves the Thinker without a gradient: DDP (two processes, gloo on CPU) is told
+    to look for unused parameters (Task.partial), else it stops at the next step."""
+    flags, _, _ = world
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        "sft_omni.py", "--debug", *flags, "--init.talker=", "--train.device=cpu",
+                        '--phase1.shares={"spell": 1}', '--data.shares={"spell": 1, "image_qa": 1}',
+                        f"--train.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("held-out: typed") == 1  # only rank 0 prints
+    assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 6
 
 
 def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
@@ -298,14 +334,16 @@ def test_a_missing_or_mismatched_stage_checkpoint_is_one_clear_line(tmp_path, wo
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-800:]
 
 
-@pytest.mark.parametrize("shares, message", [
-    ('{"asr": 1}', "phase1.shares: {'asr': 1} draws a kind that data.shares does not"),
-    ('{"video": 1}', "phase1.shares: kinds are image_qa, caption, spoken_qa, asr, text"),
-])
-def test_a_phase_1_mix_names_only_kinds_whose_data_is_loaded(tmp_path, world, shares, message):
-    """phase1.shares draws phase 1's micro-batches by another mix, of kinds that data.shares loads."""
+def test_a_phase_1_mix_may_draw_kinds_phase_2_does_not_and_an_unknown_kind_is_one_clear_line(tmp_path, world):
+    """phase1.shares draws phase 1's micro-batches by another mix; its kinds' data is loaded even when
+    data.shares (phase 2) does not draw them (here: spell rows and transcription in phase 1 only)."""
     flags, _, _ = world
-    r = subprocess.run([sys.executable, "sft_omni.py", "--debug", *flags, '--data.shares={"image_qa": 1, "text": 1}',
-                        f"--phase1.shares={shares}", f"--train.out_dir={tmp_path}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    common = [sys.executable, "sft_omni.py", "--debug", *flags, '--data.shares={"image_qa": 1, "text": 1}',
+              f"--train.out_dir={tmp_path}", "--init.talker="]
+    r = subprocess.run([*common, '--phase1.shares={"spell": 1, "asr": 1}'], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "data: spell 1, asr 1" in r.stdout, r.stderr[-800:]
+    r = subprocess.run([*common, '--phase1.shares={"video": 1}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    message = "phase1.shares: kinds are image_qa, caption, spoken_qa, asr, text, copy, spell"
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr[-800:]
