@@ -71,6 +71,8 @@ class OmniDataConfig:
         "image_qa": 0.45, "caption": 0.1, "spoken_qa": 0.25, "asr": 0.1, "text": 0.1})  # micro-batches per kind
     asr_clips: int = 3000  # training clips of the speech set used for transcription and copy turns (0 = all;
     # spell rows always draw from all)
+    asr_weights: dict[str, float] = field(default_factory=dict)  # a transcription turn draws its clip in proportion
+    # to these weights by the clip's source in the speech set (world, austen, answer; missing = 1; {} = all alike)
     text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
     text_plain: bool = False  # text rows as plain prose, every token counted (stage A's own task), not a chat turn
     eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
@@ -93,6 +95,9 @@ class OmniDataConfig:
             raise ValueError(f"OmniDataConfig.qa_turns: must be >= 1, got {self.qa_turns}")
         if self.spoken_copies < 0 or not 0 <= self.spoken_speed < 1 or not 0 <= self.spoken_warp < 1:
             raise ValueError("OmniDataConfig.spoken_copies must be >= 0, spoken_speed and spoken_warp in [0, 1)")
+        if any(v < 0 for v in self.asr_weights.values()) or (self.asr_weights and not any(
+                v > 0 for v in self.asr_weights.values())):
+            raise ValueError(f"OmniDataConfig.asr_weights: weights >= 0, at least one > 0; got {self.asr_weights}")
         bad = {k: v for k, v in self.batch_scale.items() if k not in KINDS or not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"OmniDataConfig.batch_scale: kinds are {', '.join(KINDS)} with whole multiples >= 1; "
@@ -173,20 +178,26 @@ class OmniData:
                                  copies=cfg.spoken_copies if s == "train" else 0)
                   for s in ("train", "test")} if "spoken_qa" in drawn else {}
         self.voices = {s: {} for s in spoken}  # normalized question -> its clips' features; {} = no spoken turns
-        for s, (texts, feats) in spoken.items():
+        for s, (texts, feats, _) in spoken.items():
             for text, f in zip(texts, feats):
                 self.voices[s].setdefault(text, []).append(f)
         # spell rows draw from every training clip, transcription and copy turns from the first asr_clips
-        self.asr = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
-                    for s, n in (("train", 0 if "spell" in drawn else cfg.asr_clips), ("test", cfg.eval_clips))}
+        speech = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
+                  for s, n in (("train", 0 if "spell" in drawn else cfg.asr_clips), ("test", cfg.eval_clips))}
+        self.asr = {s: (texts, feats) for s, (texts, feats, _) in speech.items()}
         self.n_asr = min(cfg.asr_clips or len(self.asr["train"][0]), len(self.asr["train"][0]))
+        self.asr_weights = torch.tensor([float(cfg.asr_weights.get(src, 1.0))
+                                         for src in speech["train"][2][: self.n_asr]]) if cfg.asr_weights else None
+        if self.asr_weights is not None and not self.asr_weights.sum() > 0:
+            raise UserError(f"data.asr_weights: {cfg.asr_weights} gives every transcription clip weight 0 (their "
+                            f"sources: {sorted(set(speech['train'][2][: self.n_asr]))})")
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
         self.dims = (self.images["train"].shape[-1], model.audio_width)
 
     def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0, copies: int = 0):
-        """Transcripts and frozen audio features (T_i / 4, d_audio) of a manifest's first `limit` clips
+        """Transcripts, frozen audio features (T_i / 4, d_audio) and sources of a manifest's first `limit` clips
         (0 = all) that fit the Thinker, then `copies` changed copies of each (stage B's speed and
         warp augmentation on the log-mel, drawn once from the seed; the encoder is frozen, so a copy
         costs one encoding at start-up and nothing per step)."""
@@ -210,7 +221,7 @@ class OmniData:
         if copies:
             print(f"{manifest}: {copies} changed copies of each of its {n} clips (speed +-{self.cfg.spoken_speed:g}, "
                   f"mel warp +-{self.cfg.spoken_warp:g})")
-        return [s.texts[k % n] for k in keep], [feats[k] for k in keep]
+        return [s.texts[k % n] for k in keep], [feats[k] for k in keep], [s.sources[k % n] for k in keep]
 
     def ask(self, img: torch.Tensor, question) -> list:
         """The user's parts: the picture and the question, in the configured order. The Thinker's
@@ -246,7 +257,10 @@ class OmniData:
                                     ("assistant", [self.records["train"][k]["caption"]])]), img, None, [])
         if kind in ("asr", "spell"):
             texts, feats = self.asr["train"]
-            j = pick(self.n_asr if kind == "asr" else len(texts))
+            if kind == "asr" and self.asr_weights is not None:  # data.asr_weights: by the clip's source
+                j = int(torch.multinomial(self.asr_weights, 1, generator=g))
+            else:
+                j = pick(self.n_asr if kind == "asr" else len(texts))
             if kind == "spell":  # no turn: only the frames and what they say
                 return [], [], None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
             turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]

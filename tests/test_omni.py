@@ -145,9 +145,9 @@ def test_spoken_copies_are_changed_voices_of_the_same_questions(world):
         data.cfg, data.seed, data.max_len = omni_data.OmniDataConfig(spoken_copies=copies), seed, 10_000
         return data._clips(Identity, d / "spoken" / "questions_train.jsonl", FrontEndConfig(), copies=copies)
 
-    texts, feats = clips(0)
+    texts, feats, _ = clips(0)
     n = len(texts)
-    texts2, feats2 = clips(2)
+    texts2, feats2, _ = clips(2)
     assert texts2 == texts * 3 and all(torch.equal(a, b) for a, b in zip(feats, feats2[:n]))  # originals unchanged
     for k in range(n, 3 * n):  # each copy: another length or other values, and the same question
         orig = feats[k % n]
@@ -195,7 +195,7 @@ def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
     d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 4, (4, 6)
     d.cfg = omni_data.OmniDataConfig(shares={"spell": 1}, batch_scale={"spell": 2})
     texts = ["a small red circle", "she was not at home", "they walked to the village"]
-    d.asr, d.n_asr = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, 1
+    d.asr, d.n_asr, d.asr_weights = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, 1, None
     x, y, mask, img, aud, (words, n_words, n_frames) = d.batch(0)
     assert x.shape == y.shape == mask.shape == (8, 0) and img.shape == (0, 4)
     assert len(n_frames) == 8 and aud.shape == (int(n_frames.sum()), 6)
@@ -219,6 +219,22 @@ def test_spell_rows_train_under_torchrun(tmp_path, world):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("held-out: typed") == 1  # only rank 0 prints
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 6
+
+
+def test_asr_weights_draw_transcription_clips_by_their_source(world):
+    """data.asr_weights: a transcription turn draws its clip in proportion to the weight of the clip's
+    source (here only the second clip has weight); without weights every clip is alike."""
+    _, tok, _ = world
+    d = object.__new__(omni_data.OmniData)  # only what turn() reads for transcription turns
+    d.t, d.cfg, d.n_asr = ChatTemplate(tok), omni_data.OmniDataConfig(), 3
+    texts = ["a small red circle", "she was not at home", "they walked to the village"]
+    d.asr = {"train": (texts, [torch.zeros(3 + k, 6) for k in range(3)])}
+    d.asr_weights = torch.tensor([0.0, 1.0, 0.0])  # e.g. {"world": 0} for sources world, austen, world
+    assert {d.turn("asr", torch.Generator().manual_seed(i))[3].shape[0] for i in range(20)} == {4}
+    d.asr_weights = None
+    assert {d.turn("asr", torch.Generator().manual_seed(i))[3].shape[0] for i in range(20)} == {3, 4, 5}
+    with pytest.raises(ValueError, match="asr_weights"):
+        omni_data.OmniDataConfig(asr_weights={"austen": -1})
 
 
 def test_the_question_goes_before_the_picture_when_the_config_says_so(world):
