@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -135,8 +136,8 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
         with torch.no_grad():
             codes = [codec.encode(m[None])[0].to(torch.int16) for m in mels]  # one clip at a time: no padding
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"codes": codes}, tmp)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: under torchrun every rank
+        torch.save({"codes": codes}, tmp)  # writes the same codes
         tmp.replace(cache)
     # load_speech_set keeps the readable rows in manifest order: match them back by text to find "words"
     out = TalkerSet([], [], [], [], [], [], [])

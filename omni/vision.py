@@ -184,11 +184,12 @@ def load_image_manifest(path: str | Path, size: int) -> tuple[list[dict], torch.
         raise UserError(f"{path}: no usable lines (each needs 'image' and 'caption'; see the first skip above)")
     images = torch.stack(images)
     cache.mkdir(exist_ok=True)
-    with open(f"{pixels}.tmp", "wb") as f:  # temporary file, then rename: never a half cache
+    tmp = f".{os.getpid()}.tmp"  # one per process: under torchrun every rank computes the same cache
+    with open(f"{pixels}{tmp}", "wb") as f:  # temporary file, then rename: never a half cache
         np.save(f, images.numpy())
-    os.replace(f"{pixels}.tmp", pixels)
-    Path(f"{index}.tmp").write_text(json.dumps({"stamp": stamp, "skipped": skipped, "records": records}))
-    os.replace(f"{index}.tmp", index)
+    os.replace(f"{pixels}{tmp}", pixels)
+    Path(f"{index}{tmp}").write_text(json.dumps({"stamp": stamp, "skipped": skipped, "records": records}))
+    os.replace(f"{index}{tmp}", index)
     return records, images
 
 
