@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -30,6 +29,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from omni.checkpoint import atomic_save
 from omni.config import UserError
 from omni.paths import repo_path
 
@@ -202,9 +202,7 @@ def load_speech_set(manifest: str | Path, cfg: FrontEndConfig = FrontEndConfig()
         data = _compute(path, rows, cfg)
         if cache:
             cache_file.parent.mkdir(exist_ok=True)
-            tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")  # under torchrun every rank
-            torch.save(data, tmp)  # computes the same cache; each writes its own file and replaces it
-            tmp.replace(cache_file)  # atomically: a killed run never leaves half a cache
+            atomic_save(data, cache_file)  # a killed run never leaves half a cache; torchrun ranks may all write it
     offsets = np.concatenate([[0], np.cumsum(data["lengths"])[:-1]]).astype(int).tolist()
     ok = [j for j, i in enumerate(data["keep"]) if valid_text(rows[i]["text"])]  # j: among readable clips
     n_bad_text = len(data["keep"]) - len(ok)

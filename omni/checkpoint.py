@@ -53,6 +53,12 @@ def step_path(run_dir: Path, step: int) -> Path:
     return run_dir / f"step_{step:06d}.pt"
 
 
+def _tmp(path: Path) -> Path:
+    """The temporary file beside `path`, one per process: under torchrun every rank may write the same
+    file (a feature cache, a tokenizer), and a shared name would let one rank rename another's away."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
 def _commit(tmp: Path, path: Path) -> None:
     """Flush `tmp` to the disk, rename it over `path`, then flush the folder entry of the rename."""
     with open(tmp, "rb+") as f:
@@ -73,19 +79,19 @@ def _commit(tmp: Path, path: Path) -> None:
 def atomic_save(obj, path: Path) -> None:
     """Tensors are saved from the CPU, so a checkpoint written on a GPU loads with a plain
     `torch.load(path, weights_only=True)` on a machine without one."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     torch.save(to_device(obj, torch.device("cpu"), non_blocking=False), tmp)
     _commit(tmp, path)
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     tmp.write_text(text)
     _commit(tmp, path)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = _tmp(dst)
     shutil.copyfile(src, tmp)
     _commit(tmp, dst)
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from omni.audio import FrontEndConfig, SpeechSet, read_manifest
+from omni.checkpoint import atomic_save
 from omni.codec import HOP, pad_mel
 from omni.config import UserError
 from omni.paths import repo_path
@@ -136,9 +136,7 @@ def load_talker_set(manifest: str, speech: SpeechSet, audio: FrontEndConfig, tok
         with torch.no_grad():
             codes = [codec.encode(m[None])[0].to(torch.int16) for m in mels]  # one clip at a time: no padding
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")  # one per process: under torchrun every rank
-        torch.save({"codes": codes}, tmp)  # writes the same codes
-        tmp.replace(cache)
+        atomic_save({"codes": codes}, cache)  # torchrun ranks may all write the same codes
     # load_speech_set keeps the readable rows in manifest order: match them back by text to find "words"
     out = TalkerSet([], [], [], [], [], [], [])
     r, no_words, too_short = 0, 0, 0

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from omni.checkpoint import atomic_write_text
 from omni.config import UserError
 
 
@@ -188,8 +189,7 @@ def load_image_manifest(path: str | Path, size: int) -> tuple[list[dict], torch.
     with open(f"{pixels}{tmp}", "wb") as f:  # temporary file, then rename: never a half cache
         np.save(f, images.numpy())
     os.replace(f"{pixels}{tmp}", pixels)
-    Path(f"{index}{tmp}").write_text(json.dumps({"stamp": stamp, "skipped": skipped, "records": records}))
-    os.replace(f"{index}{tmp}", index)
+    atomic_write_text(json.dumps({"stamp": stamp, "skipped": skipped, "records": records}), Path(index))
     return records, images
 
 
