@@ -158,8 +158,10 @@ def codec_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, mode
     plot_mels(run_dir / "codebooks.png", rows, f"{model.bitrate / K:.0f} bits/s per codebook")
     final["bitrate"] = model.bitrate
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-    line = f"held-out: val mel L1 {final.get('val_l1', float('nan')):.4f} | test mel L1 " \
-           f"{final.get('test_l1', float('nan')):.4f} | {model.bitrate:.0f} bits/s"
+    if "test_l1" not in final:  # stopped (train.stop_at_step) before its first evaluation, as the other stages
+        return
+    line = f"held-out: val mel L1 {final['val_l1']:.4f} | test mel L1 " \
+           f"{final['test_l1']:.4f} | {model.bitrate:.0f} bits/s"
     if "cer_codec" in final:
         line += (f" | judge CER on {d.eval_source or 'all'} test clips: original {final['cer_original']:.2%}, "
                  f"vocoder {final['cer_vocoder']:.2%}, codec {final['cer_codec']:.2%} "
@@ -240,14 +242,15 @@ def talker_task(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model
 def talker_report(cfg: TalkerStageConfig, sets: dict[str, SpeechSet], judge, model: Talker, final: dict) -> None:
     run_dir = repo_path(cfg.train.out_dir)
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-    acc = " ".join(f"{final.get(f'test_acc{k}', float('nan')):.1%}" for k in range(cfg.talker.n_codebooks))
+    if "test_acc0" not in final:  # stopped (train.stop_at_step) before its first evaluation, as the other stages
+        return
+    acc = " ".join(f"{final[f'test_acc{k}']:.1%}" for k in range(cfg.talker.n_codebooks))
     line = (f"held-out: teacher-forced code accuracy per codebook {acc} | word durations off by "
-            f"{final.get('test_dur_mae', float('nan')):.2f} frames | free generation on "
-            f"{cfg.data.eval_source or 'all'} test sentences: {final.get('gen_ended', float('nan')):.0%} ended by "
-            f"themselves, duration "
-            f"{final.get('gen_dur_ratio', float('nan')):.2f}x the original "
-            f"({final.get('gen_dur_ratio_min', float('nan')):.2f}-{final.get('gen_dur_ratio_max', float('nan')):.2f})"
-            f", real-time factor {final.get('gen_rtf', float('nan')):.3f}")
+            f"{final['test_dur_mae']:.2f} frames | free generation on "
+            f"{cfg.data.eval_source or 'all'} test sentences: {final['gen_ended']:.0%} ended by "
+            f"themselves, duration {final['gen_dur_ratio']:.2f}x the original "
+            f"({final['gen_dur_ratio_min']:.2f}-{final['gen_dur_ratio_max']:.2f})"
+            f", real-time factor {final['gen_rtf']:.3f}")
     if "gen_cer" in final:
         line += (f" | judge CER: Talker {final['gen_cer']:.2%} (WER {final['gen_wer']:.2%}), eSpeak original "
                  f"{final['gen_cer_original']:.2%}, the codec's own codes {final['gen_cer_codec']:.2%}")

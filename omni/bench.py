@@ -4,6 +4,7 @@
     python -m omni.bench --threads 1 --stages A   # stage A only (Thinker and GPT-2 rows), one thread
     python -m omni.bench --gpu-configs            # on a GPU: the *_gpu / small configs, bf16 autocast
     python -m omni.bench --toy                    # toy sizes, seconds: checks the set-up
+    python -m omni.bench --compile --stages A     # every row through torch.compile (train.compile)
 
 Per row: one training step (forward, backward, AdamW step) on one batch at the config's shapes, timed
 after warm-up; the median of several repeats. From it: units per second (tokens, seconds of audio,
@@ -35,8 +36,9 @@ from torch.utils import flop_counter as fc
 from omni import config
 from omni.bench_rows import ROWS, VARIANTS, Case
 from omni.config import cpu_threads
-from omni.device import pick_device, pick_dtype, to_device
+from omni.device import make_deterministic, pick_device, pick_dtype, to_device
 from omni.paths import repo_path
+from omni.trainer import compiled
 
 # ---------------------------------------------------------------- measuring
 
@@ -123,32 +125,34 @@ def _reset_peak_rss() -> None:
 class Row:
     """A row being measured: its model and optimizer on the device, ready for timed steps."""
 
-    def __init__(self, name: str, case: Case, device: torch.device, dtype: torch.dtype, warmup: int):
+    def __init__(self, name: str, case: Case, device: torch.device, dtype: torch.dtype, warmup: int,
+                 compile_: bool = False):
         base = _rss_mb("VmRSS")
         _reset_peak_rss()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self.name, self.case, self.device, self.dtype = name, case, device, dtype
         self.model = case.model.to(device).train()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or compile_)
         self.batch = to_device(case.batch, device)
-        for _ in range(warmup):
+        self.train_model = compiled(self.model) if compile_ else self.model  # compiled in the first step
+        for _ in range(max(warmup, 2 if compile_ else 0)):  # a compiled model's second step may compile again
             self.step()
         _sync(device)
         self.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" \
             else max(0.0, _rss_mb("VmHWM") - base)  # what the model, optimizer, batch and activations added
-        self.flops = count_flops(self.forward_backward)
+        self.flops = count_flops(lambda: self.forward_backward(self.model))  # the same FLOPs either way
         self.opt.zero_grad(set_to_none=True)
         self.times: list[float] = []
         self.data_times: list[float] = []
 
-    def forward_backward(self) -> None:
+    def forward_backward(self, model: torch.nn.Module) -> None:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            loss = self.case.loss(self.model, self.batch)
+            loss = self.case.loss(model, self.batch)
         loss.backward()
 
     def step(self) -> None:
-        self.forward_backward()
+        self.forward_backward(self.train_model)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
@@ -176,8 +180,9 @@ class Row:
 
 def format_table(result: dict) -> str:
     m = result["machine"]
+    compiled_ = " | every row compiled (torch.compile)" if m.get("compile") else ""
     lines = [f"{m['device']} | {m['threads']} threads | matmul peak {m['peak_gflop_per_s']:.1f} GFLOP/s "
-             f"({m['dtype']}) | load average {m['load_avg']:.2f} before the run",
+             f"({m['dtype']}) | load average {m['load_avg']:.2f} before the run{compiled_}",
              f"{'row':<10} {'units/s':>16} {'step ms':>8} {'GFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>7} "
              f"{'peak MB':>8} {'data %':>7}"]
     for r in result["rows"]:
@@ -196,7 +201,7 @@ def format_table(result: dict) -> str:
 
 
 def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy: bool = False,
-              warmup: int = 3, repeats: int = 10) -> dict:
+              warmup: int = 3, repeats: int = 10, compile_: bool = False) -> dict:
     """Build every row of the chosen stages (letters, "" = all), then time them and the peak in rounds."""
     threads = cpu_threads(threads)
     torch.set_num_threads(threads)
@@ -206,12 +211,14 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
     if not wanted:
         raise config.UserError(f"--stages {stages}: no such stage (choose among "
                                f"{sorted({s for s, _ in ROWS.values()})})")
+    if compile_:
+        make_deterministic()  # as a compiled run does (train.deterministic, on by default)
     load = os.getloadavg()[0]
     peak_once = matmul_peak(device, dtype)
     rows = []
     for name in wanted:
         torch.manual_seed(0)
-        rows.append(Row(name, ROWS[name][1](gpu_configs, toy), device, dtype, warmup))
+        rows.append(Row(name, ROWS[name][1](gpu_configs, toy), device, dtype, warmup, compile_))
     # Interleaved: each round times the peak matmul once and every row once, so a machine whose speed
     # drifts (other work starting or stopping) slows all rows alike and the ratios stay fair. The order
     # turns by one row each round, so no row always runs first, on caches the peak matmul has emptied.
@@ -224,7 +231,7 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
     figures = [row.figures(peak) for row in rows]
     machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                "threads": threads, "dtype": str(dtype).removeprefix("torch."), "peak_gflop_per_s": peak,
-               "load_avg": load, "torch": torch.__version__}
+               "load_avg": load, "torch": torch.__version__, "compile": compile_}
     return {"machine": machine, "rows": figures}
 
 
@@ -238,10 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--toy", action="store_true", help="toy model sizes: checks the set-up in seconds")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     p.add_argument("--repeats", type=int, default=10, help="timed steps; the median is reported")
+    p.add_argument("--compile", action="store_true",
+                   help="train every row through torch.compile, as --train.compile=true does (compiles first)")
     a = p.parse_args(argv)
     if a.gpu_configs and not torch.cuda.is_available():
         raise config.UserError("--gpu-configs: this machine has no CUDA GPU (leave the flag out on a CPU)")
-    result = run_bench(a.stages, a.threads, a.gpu_configs, a.toy, a.warmup, max(1, a.repeats))
+    result = run_bench(a.stages, a.threads, a.gpu_configs, a.toy, a.warmup, max(1, a.repeats), a.compile)
     print(format_table(result))
     out = repo_path(a.json)
     try:

@@ -12,7 +12,10 @@
 - deterministic (on by default): on a GPU, ask PyTorch for its deterministic kernels (cuDNN's
   convolutions, index_add_ and scatter sums without atomics, cuBLAS with a fixed workspace), so that
   a run resumed from a checkpoint continues bit for bit, as it does on a CPU. Kernels that have no
-  deterministic version (CTC's backward on CUDA, for one) warn once and run as they are.
+  deterministic version (CTC's backward on CUDA, for one) warn once and run as they are. With
+  train.compile the CPU needs it too: the C++ that torch.compile generates adds scatter sums (the
+  token embedding's backward) with atomics across threads, so two runs on two threads drew other
+  losses from step 40 on; in deterministic mode it does not.
 """
 from __future__ import annotations
 
@@ -85,7 +88,8 @@ def make_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def setup_runtime(device: str = "auto", dtype: str = "auto", deterministic: bool = True) -> Runtime:
+def setup_runtime(device: str = "auto", dtype: str = "auto", deterministic: bool = True,
+                  compiled: bool = False) -> Runtime:
     """Choose device and precision; join the process group when started by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
@@ -103,7 +107,7 @@ def setup_runtime(device: str = "auto", dtype: str = "auto", deterministic: bool
             dist.init_process_group(backend)
     else:
         rank, dev = 0, pick_device(device)
-    if deterministic and dev.type == "cuda":
+    if deterministic and (dev.type == "cuda" or compiled):
         make_deterministic()
     return Runtime(dev, pick_dtype(dtype, dev), rank, world_size)
 

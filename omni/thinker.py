@@ -98,8 +98,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):  # (..., dim)
-        # One fused kernel (F.rms_norm) instead of five elementwise passes; in float32, also under
-        # bf16 autocast, so the mean of squares keeps its precision.
+        # F.rms_norm: one fused kernel on a GPU; on a CPU PyTorch runs it as its five elementwise passes
+        # (train.compile fuses them there). In float32, also under bf16 autocast, so the mean of squares
+        # keeps its precision.
         return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
 
 

@@ -56,8 +56,9 @@ class TrainConfig:
     overwrite: bool = False  # a fresh run may replace the checkpoints of an earlier run in out_dir
     device: str = "auto"  # auto, cpu, cuda, cuda:N or mps
     dtype: str = "auto"  # autocast precision: auto, fp32, bf16 or fp16
-    deterministic: bool = True  # on a GPU, deterministic kernels: resume continues bit for bit (CPUs always do)
+    deterministic: bool = True  # deterministic kernels on a GPU or compiled: resume is bit for bit (plain CPU: always)
     threads: int = 0  # CPU threads for torch (0 = every core this process may use, or OMP_NUM_THREADS if set)
+    compile: bool = False  # torch.compile the training steps: fused kernels, after 20 s to 2 min of compiling (ch. 1)
 
     def __post_init__(self):
         for k in ("max_steps", "batch_size", "grad_accum", "eval_every", "log_every", "ckpt_every"):
@@ -102,8 +103,24 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> torch.opt
         raise UserError("train.lr_scale: every parameter is frozen, nothing would train")
     param_groups = [{"params": ps, "lr_scale": s, "weight_decay": cfg.weight_decay if decay else 0.0}
                     for (s, decay), ps in groups.items()]
-    fused = rt.device.type == "cuda"
+    # One fused kernel per update on a GPU, and on a CPU with train.compile (3.3 against 0.9 ms a step for the
+    # tiny Thinker on 2 threads); the plain CPU run keeps the per-tensor loop its published numbers came from.
+    fused = rt.device.type == "cuda" or cfg.compile
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile (Ansel et al. 2024): TorchInductor fuses the elementwise work between the matmuls
+    (norms, RoPE, activations) into generated kernels, C++ on a CPU, Triton on a GPU. On a CPU that
+    needs a C++ compiler; without one the first step would fail deep inside torch, so say it first."""
+    if not torch.cuda.is_available():
+        from torch._inductor import cpp_builder  # where inductor looks for its compiler (CXX, g++, clang++)
+        try:
+            cpp_builder.get_cpp_compiler()
+        except Exception as e:  # noqa: BLE001 - any failure to find one means the same to the user
+            raise UserError(f"train.compile: no C++ compiler found for torch.compile on this CPU ({e}); "
+                            "install one (g++ or clang++) or set --train.compile=false") from None
+    return torch.compile(model)
 
 
 def rng_state() -> dict:
@@ -138,7 +155,7 @@ def run_evaluation(task: Task, rt: Runtime) -> dict:
 
 def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     """Train `task.model` for cfg.max_steps; return the final held-out metrics (plus timing)."""
-    rt = setup_runtime(cfg.device, cfg.dtype, cfg.deterministic)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.deterministic, compiled=cfg.compile)
     torch.set_num_threads(cpu_threads(cfg.threads))
     run_dir = repo_path(cfg.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +186,8 @@ def fit(task: Task, cfg: TrainConfig, full_config: dict) -> dict:
     if rt.world_size > 1:
         ids = [rt.device.index] if rt.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=task.partial)
+    if cfg.compile:  # only the training steps: evaluation and checkpoints use the plain model
+        train_model = compiled(train_model)
     log = JsonlLog(run_dir / "log.jsonl", step if resume_path else None) if rt.is_main else None
     if rt.is_main:
         ckpt.atomic_write_text(json.dumps(full_config, indent=2) + "\n", run_dir / "config.json")

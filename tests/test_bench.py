@@ -37,6 +37,19 @@ def test_stage_filter_and_errors(tmp_path):
         bench.run_bench("Z", threads=1, toy=True)
 
 
+def test_compiled_rows_count_the_same_flops(tmp_path, capsys):
+    """--compile times each row through torch.compile (as train.compile does); the FLOPs are the model's."""
+    plain = bench.run_bench("A", threads=1, toy=True, warmup=0, repeats=1)
+    try:
+        result = bench.main(["--toy", "--compile", "--stages", "A", "--threads", "1", "--warmup", "1",
+                             "--repeats", "2", "--json", str(tmp_path / "bench.json")])
+    finally:
+        torch.use_deterministic_algorithms(False)  # --compile switched it on, as a compiled run does
+    assert "every row compiled (torch.compile)" in capsys.readouterr().out and result["machine"]["compile"]
+    assert [r["gflop_per_step"] for r in result["rows"]] == [r["gflop_per_step"] for r in plain["rows"]]
+    assert all(r["units_per_s"] > 0 for r in result["rows"])
+
+
 def test_gpu_configs_build_and_step_every_row():
     """`--gpu-configs` builds its rows from the *_gpu / small configs (the Talker's conditions on the
     Thinker's hidden states there, which needs a Thinker in the row). Toy sizes keep their choices, so

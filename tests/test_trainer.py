@@ -95,6 +95,28 @@ def test_resume_is_exact_for_stage_a(tmp_path):
     assert_resume_exact("train_text", tmp_path)
 
 
+def test_compiled_training_resumes_exactly(tmp_path):
+    """train.compile: the training steps run through torch.compile (and AdamW fused on a CPU too), and a
+    compiled run stopped half-way and resumed still ends bit for bit where the straight run did. On two
+    threads: there the compiled code's scatter sums used atomics (fails without deterministic mode)."""
+    try:
+        assert_resume_exact("train_text", tmp_path, "--train.compile=true", "--train.threads=2")
+    finally:
+        torch.use_deterministic_algorithms(False)  # the run switched it on for this process
+    state = torch.load(tmp_path / "straight" / "latest.pt", weights_only=True)
+    assert state["config"]["train"]["compile"] is True
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_line(tmp_path, monkeypatch):
+    from torch._inductor import config as inductor_config
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU torch.compile generates Triton kernels, not C++")
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-compiler")))
+    cfg = TrainConfig(out_dir=str(tmp_path / "run"), device="cpu", max_steps=2, compile=True)
+    with pytest.raises(UserError, match=r"train\.compile: no C\+\+ compiler found.*--train\.compile=false"):
+        fit(_regression_task(), cfg, {})
+
+
 def test_broken_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "step_000001.pt"
     bad.write_bytes(b"not a checkpoint")
