@@ -34,7 +34,7 @@ from omni.device import setup_runtime
 from omni.metrics import cer
 from omni.omni_data import OmniData, OmniDataConfig, check_shares
 from omni.omni_figures import plot_answers
-from omni.omni_model import from_stages, reply
+from omni.omni_model import TranscribeConfig, from_stages, reply, transcripts
 from omni.paths import repo_path
 from omni.projector import ProjectorConfig
 from omni.shapes import POSITIONS
@@ -77,6 +77,7 @@ class OmniStageConfig:
     init: InitConfig = field(default_factory=InitConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     phase1: PhaseConfig = field(default_factory=PhaseConfig)
+    transcribe: TranscribeConfig = field(default_factory=TranscribeConfig)  # how transcripts are decoded
     train: TrainConfig = field(default_factory=lambda: TrainConfig(  # phase 2: projectors and Thinker
         out_dir="runs/omni_tiny", lr_scale={"vision.": 0.0, "audio.": 0.0}))
 
@@ -95,6 +96,10 @@ def main(cfg: OmniStageConfig) -> dict:
         if any(plan.get(p, 1.0) != 0 for p in ENCODERS):  # their features are computed once, below
             raise config.UserError(f"{where}: the encoders are frozen in stage E; it must map "
                                    f"{' and '.join(repr(p) for p in ENCODERS)} to 0, got {plan}")
+    spelled = cfg.projector.audio_ctc > 0 or any("spell" in s for s in (cfg.data.shares, cfg.phase1.shares))
+    if cfg.transcribe.ctc_weight > 0 and not spelled:
+        raise config.UserError(f"transcribe.ctc_weight: {cfg.transcribe.ctc_weight} weighs the audio frames' spelling, "
+                               "which nothing trains here; set projector.audio_ctc > 0 or transcribe.ctc_weight to 0")
     run_dir = repo_path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -178,7 +183,7 @@ def main(cfg: OmniStageConfig) -> dict:
                 print(f"  {mode:>6} | test picture {it['picture']}: {it['q']} -> {a!r} ({verdict})")
             for it, a, r in zip(qa, answers, right):
                 it[f"{mode}_answer"], it[f"{mode}_right"] = a, r
-        hyps = [normalize(template.tok.decode(h)) for h in reply(m, asr_prompts, 48, eos)]
+        hyps = [normalize(template.tok.decode(h)) for h in transcripts(m, asr_prompts, eos, 48, cfg.transcribe)]
         out["asr_cer"] = cer(asr_refs, hyps)
         print(f"  asr    | ref: {asr_refs[0]}\n         | hyp: {hyps[0]}")
         out["bpb"] = bits_per_byte(m.thinker)

@@ -9,7 +9,7 @@
 The answer is written as it is generated (greedy, token by token with the KV cache). The command
 prints the time to the first word (from reading the inputs to the first token of the answer) and
 the whole answer's time. With a wav question it also prints what the Thinker hears in it (its own
-transcript, asked as a second turn).
+transcript, asked as a second turn, decoded as the run's config says: `transcribe`, chapter 8).
 
 Spoken answers come from stage D's Talker (--talker): it speaks the text answer, Griffin-Lim
 makes the wav (--out), and stage B's recogniser (--recogniser) prints what it hears in it, with
@@ -28,9 +28,9 @@ import torch
 
 from omni.audio import load_audio, log_mel
 from omni.chat_template import AUDIO, user_parts
-from omni.config import UserError
+from omni.config import UserError, from_dict
 from omni.omni_data import ASR_PROMPT
-from omni.omni_model import load_omni
+from omni.omni_model import TranscribeConfig, load_omni, transcripts
 from omni.paths import repo_path
 from omni.speech_data import normalize
 from omni.vision import load_image
@@ -119,9 +119,10 @@ def demo_inputs(shapes: str = "data/shapes_tiny", spoken: str = "data/omni_tiny"
     raise UserError(f"--demo: no test picture in {pictures} has a colour or shape question spoken in {clips}")
 
 
-def run(model, template, front_end, args, question_first: bool = False) -> str:
+def run(model, template, front_end, args, question_first: bool = False,
+        decode: TranscribeConfig = TranscribeConfig(ctc_weight=0.0)) -> str:
     """Answer one turn. question_first: the question before the picture, as the run was trained
-    (its config's data.question_first)."""
+    (its config's data.question_first); decode: how the question's transcript is decoded."""
     t0 = time.time()
     parts, image, audio = [], None, None  # parts: the question (spoken, typed); the picture joins it below
     if args.image:
@@ -137,8 +138,9 @@ def run(model, template, front_end, args, question_first: bool = False) -> str:
         mel = log_mel(wav, front_end)
         audio = model.encode_audio(mel[None], torch.tensor([len(mel)]))[0]
         parts.append((AUDIO, len(audio)))
-        heard, _ = answer(model, template, [(AUDIO, len(audio)), ASR_PROMPT], None, audio, 48, show=False)
-        print(f"question heard as: {heard}")
+        ids, _ = template.encode([("user", [(AUDIO, len(audio)), ASR_PROMPT])], add_generation_prompt=True)
+        heard = template.tok.decode(transcripts(model, [(ids, None, audio)], template.im_end, 48, decode)[0])
+        print(f"question heard as: {heard.strip()}")
     if args.text:
         parts.append(args.text)
     if image is not None:
@@ -165,19 +167,20 @@ def main(argv: list[str] | None = None) -> str:
     args = p.parse_args(argv)
     model, template, front_end, cfg = load_omni(args.checkpoint)
     question_first = cfg.get("data", {}).get("question_first", False)
+    decode = from_dict(TranscribeConfig, cfg.get("transcribe", {"ctc_weight": 0.0}), args.checkpoint)  # older: greedy
     if args.demo:
         args.image, args.audio, qa = demo_inputs()
         print(f"demo: picture {args.image} | question '{qa['q']}' spoken by {qa['speaker']} ({args.audio}) "
               f"| expected answer: {qa['a']}")
     if args.image or args.audio or args.text:
-        return run(model, template, front_end, args, question_first)
+        return run(model, template, front_end, args, question_first, decode)
     print("text chat with the omni model; an empty line ends it")
     text = ""
     for line in sys.stdin if not sys.stdin.isatty() else iter(lambda: input("you: "), ""):
         if not line.strip():
             break
         args.text = line.strip()
-        text = run(model, template, front_end, args, question_first)
+        text = run(model, template, front_end, args, question_first, decode)
     return text
 
 

@@ -20,6 +20,8 @@ stage checkpoints, `load_omni` from a stage E checkpoint (which carries every in
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ from omni.audio_encoder import AudioCTC, AudioEncoder, AudioEncoderConfig
 from omni.chat_template import ChatTemplate, splice
 from omni.checkpoint import load_stage_checkpoint, load_weights
 from omni.config import UserError, from_dict
+from omni.ctc_prefix import NEG, ctc_full_score, ctc_prefix_extend, ctc_prefix_start
 from omni.paths import repo_path
 from omni.projector import Projector, ProjectorConfig
 from omni.thinker import Thinker, ThinkerConfig, generate
@@ -166,6 +169,80 @@ def reply(model: OmniModel, prompts: list[tuple[list[int], torch.Tensor, torch.T
             for k, row in zip(group, ids[:, T:].tolist()):
                 out[k] = row[:row.index(eos_id)] if eos_id in row else row
     return out
+
+
+@dataclass
+class TranscribeConfig:
+    ctc_weight: float = 0.0  # weight of the audio frames' spelling beside the Thinker (0 = the Thinker alone, greedy)
+    beam: int = 4  # hypotheses kept at each step when ctc_weight > 0
+
+    def __post_init__(self):
+        if not 0 <= self.ctc_weight <= 1 or self.beam < 1:
+            raise ValueError(f"TranscribeConfig: ctc_weight must be in [0, 1] and beam >= 1, got {self.ctc_weight}, "
+                             f"{self.beam}")
+
+
+def transcripts(model: OmniModel, prompts: list[tuple[list[int], None, torch.Tensor]], eos_id: int, max_new: int,
+                cfg: TranscribeConfig) -> list[list[int]]:
+    """The transcript of each (prompt ids, None, audio frames): the Thinker's greedy reply (ctc_weight 0),
+    or hybrid CTC/attention decoding, one clip at a time (`transcribe`)."""
+    if cfg.ctc_weight == 0:
+        return reply(model, prompts, max_new, eos_id)
+    return [transcribe(model, ids, audio, eos_id, max_new, cfg.beam, cfg.ctc_weight) for ids, _, audio in prompts]
+
+
+@torch.no_grad()
+def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id: int, max_new: int, beam: int = 4,
+               ctc_weight: float = 0.3, candidates: int = 8) -> list[int]:
+    """One clip's transcript by hybrid CTC/attention decoding (Watanabe et al. 2017): a beam search
+    over the Thinker's tokens in which a hypothesis h scores
+        (1 - ctc_weight) log p_Thinker(h | prompt) + ctc_weight log p_CTC(the frames spell h...)
+    where the second term is the prefix score (omni.ctc_prefix) of the audio projector's spelling,
+    the CTC head over the Thinker's own tokens that stage E trains beside it (OmniModel.spelling).
+    The Thinker knows the language, the spelling knows the sound: a fluent sentence the frames do
+    not say loses, and so does a spelling no sentence would have. Each step keeps the `beam` best
+    hypotheses, each extended by its `candidates` likeliest next tokens; a hypothesis ends with
+    eos_id, scored with the probability that the frames spell exactly it, and the search stops
+    once the best ended one beats every one still going.
+    prompt: ids ending in the generation prompt (audio placeholders included), feats (T, audio_width)."""
+    device = next(model.parameters()).device
+    thinker, w = model.thinker, ctc_weight
+    n_new = min(max_new, thinker.cfg.max_seq_len - len(prompt))
+    x = torch.tensor([prompt], device=device)
+    cache = thinker.make_cache(1)
+    embeds = model.embed(x, torch.zeros(0, model.vision.cfg.width, device=device), feats.to(device))
+    logits = thinker(embeds=embeds, kv_cache=cache)[0][:, -1]  # (live hypotheses, vocab)
+    logp_ctc = model.spelling(feats.to(device)).double().cpu()  # (T, vocab); the blank is the audio placeholder
+    r_n, r_b = ctc_prefix_start(logp_ctc, model.audio_id)  # (T + 1, live): each hypothesis's CTC state
+    hyps, att = [[]], torch.zeros(1, dtype=torch.float64)  # tokens and Thinker log-probability of each
+    ended: list[tuple[float, list[int]]] = []
+    for step in range(n_new):
+        lp = logits.double().cpu().log_softmax(-1)
+        lp[:, model.audio_id] = NEG  # the placeholder is the spelling's blank, never written
+        top = lp.topk(min(candidates, lp.size(1)), dim=-1).indices  # (live, candidates)
+        last = torch.tensor([h[-1] if h else -1 for h in hyps])
+        done = top == eos_id
+        for i in done.any(1).nonzero()[:, 0].tolist():  # h + eos: the frames must spell h and nothing more
+            final = ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item()
+            ended.append(((1 - w) * (att[i] + lp[i, eos_id]).item() + w * final, hyps[i]))
+        parent, label = (~done & (top != model.audio_id)).nonzero(as_tuple=True)
+        label = top[parent, label]
+        psi, r_n, r_b = ctc_prefix_extend(logp_ctc, model.audio_id, r_n[:, parent], r_b[:, parent], last[parent], label)
+        att_new = att[parent] + lp[parent, label]
+        score = (1 - w) * att_new + w * psi
+        keep = score.topk(min(beam, len(score))).indices
+        if not len(keep) or (ended and max(s for s, _ in ended) >= score[keep[0]].item()):
+            break
+        parent, label = parent[keep], label[keep]
+        hyps = [hyps[p] + [c] for p, c in zip(parent.tolist(), label.tolist())]
+        att, r_n, r_b = att_new[keep], r_n[:, keep], r_b[:, keep]
+        rows = parent.to(device)
+        cache.k, cache.v = [k[rows] for k in cache.k], [v[rows] for v in cache.v]  # each hypothesis's past
+        logits = thinker(label[:, None].to(device), kv_cache=cache, start_pos=len(prompt) + step)[0][:, -1]
+    else:  # out of room: the hypotheses still going end here
+        ended += [((1 - w) * att[i].item() + w * ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item(), h)
+                  for i, h in enumerate(hyps)]
+    return max(ended, key=lambda e: e[0])[1] if ended else hyps[0]
 
 
 def _sub(state: dict, prefix: str) -> dict:

@@ -266,7 +266,8 @@ def test_loss_mask_covers_the_assistant_tokens_only(world):
 
 def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, world):
     flags, _, d = world
-    m = run_stage("sft_omni", tmp_path, *flags)
+    # transcripts by hybrid CTC/attention decoding: the frames' spelling (audio_ctc) beside the Thinker
+    m = run_stage("sft_omni", tmp_path, *flags, "--projector.audio_ctc=1", "--transcribe.ctc_weight=0.7")
     for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer",
               "spoken_answers", "spoken_answers_cer", "spoken_answers_espeak", "spoken_answers_espeak_cer"):
         assert k in m and m[k] >= 0, k

@@ -1,0 +1,82 @@
+"""CTC prefix scores against a brute-force sum over every frame path, and hybrid CTC/attention
+transcription: with the spelling weighed in, the Thinker writes what the frames say."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omni.audio_encoder import AudioEncoderConfig
+from omni.ctc_prefix import ctc_full_score, ctc_prefix_extend, ctc_prefix_start
+from omni.omni_model import OmniModel, TranscribeConfig, transcribe
+from omni.projector import ProjectorConfig
+from omni.thinker import ThinkerConfig
+from omni.vision import VisionConfig
+
+
+def collapse(path, blank=0):
+    out, prev = [], blank
+    for s in path:
+        if s != prev and s != blank:
+            out.append(s)
+        prev = s
+    return out
+
+
+@pytest.mark.parametrize("prefix", [[1], [2], [1, 2], [1, 1], [2, 1, 2], [1, 1, 1]])
+def test_prefix_scores_sum_every_path_that_begins_with_the_prefix(prefix):
+    """psi(h) = log of the total probability of the frame paths whose collapsed text begins with h, and
+    the full score = log of those that spell exactly h (what F.ctc_loss computes); T = 5 frames, 3 labels."""
+    torch.manual_seed(len(prefix) * 7 + prefix[-1])
+    logp = torch.randn(5, 3, dtype=torch.float64).log_softmax(-1)
+    begins, exact = 0.0, 0.0
+    for path in itertools.product(range(3), repeat=5):
+        p = math.exp(sum(logp[t, s].item() for t, s in enumerate(path)))
+        text = collapse(path)
+        begins += p if text[:len(prefix)] == prefix else 0.0
+        exact += p if text == prefix else 0.0
+    r_n, r_b = ctc_prefix_start(logp, blank=0)
+    last = torch.tensor([-1])
+    for c in prefix:  # one label at a time, as decoding goes
+        psi, r_n, r_b = ctc_prefix_extend(logp, 0, r_n, r_b, last, torch.tensor([c]))
+        last = torch.tensor([c])
+    assert psi.item() == pytest.approx(math.log(begins), abs=1e-9)
+    assert ctc_full_score(r_n, r_b).item() == pytest.approx(math.log(exact), abs=1e-9)
+    loss = F.ctc_loss(logp[:, None], torch.tensor([prefix]), torch.tensor([5]), torch.tensor([len(prefix)]),
+                      reduction="sum")
+    assert ctc_full_score(r_n, r_b).item() == pytest.approx(-loss.item(), abs=1e-9)
+
+
+def test_several_extensions_at_once_equal_one_at_a_time():
+    torch.manual_seed(1)
+    logp = torch.randn(7, 5, dtype=torch.float64).log_softmax(-1)
+    r_n, r_b = ctc_prefix_start(logp, blank=4)
+    _, r_n, r_b = ctc_prefix_extend(logp, 4, r_n, r_b, torch.tensor([-1]), torch.tensor([2]))  # the prefix [2]
+    labels = torch.tensor([0, 1, 2, 3])  # [2, 2] needs a blank between: its own case
+    psi, n_all, b_all = ctc_prefix_extend(logp, 4, r_n.expand(-1, 4), r_b.expand(-1, 4), torch.full((4,), 2), labels)
+    for m, c in enumerate(labels.tolist()):
+        one, n_one, b_one = ctc_prefix_extend(logp, 4, r_n, r_b, torch.tensor([2]), torch.tensor([c]))
+        assert torch.allclose(psi[m], one[0]) and torch.allclose(n_all[:, m], n_one[:, 0])
+        assert torch.allclose(b_all[:, m], b_one[:, 0])
+
+
+def test_with_the_spelling_weighed_in_an_untrained_thinker_writes_what_the_frames_say():
+    """An untrained Thinker alone writes anything; frames that clearly spell 5 7 7 9 (with a blank
+    between the two 7s) make the hybrid decoder write exactly that, and then stop."""
+    torch.manual_seed(0)
+    th = ThinkerConfig(vocab_size=40, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=64)
+    model = OmniModel(th, VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16),
+                      AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32),
+                      ProjectorConfig(hidden=32, audio_ctc=1.0), image_id=38, audio_id=39).eval()
+    said = [5, 5, 39, 7, 39, 7, 7, 39, 9, 39]  # frame by frame; 39 (the audio placeholder) is the blank
+    spelling = torch.full((len(said), 40), -12.0)
+    spelling[torch.arange(len(said)), torch.tensor(said)] = 0.0
+    model.spelling = lambda feats: spelling.log_softmax(-1)  # a projector that has learned to spell
+    prompt, eos = [1, 2] + [39] * len(said) + [3], 4
+    feats = torch.randn(len(said), model.audio_width)
+    assert transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=0.0, candidates=40) != [5, 7, 7, 9]
+    for weight in (0.7, 1.0):
+        assert transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=weight, candidates=40) == [5, 7, 7, 9]
+    with pytest.raises(ValueError, match="ctc_weight"):
+        TranscribeConfig(ctc_weight=1.5)
