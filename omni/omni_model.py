@@ -193,7 +193,7 @@ def transcripts(model: OmniModel, prompts: list[tuple[list[int], None, torch.Ten
 
 @torch.no_grad()
 def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id: int, max_new: int, beam: int = 4,
-               ctc_weight: float = 0.3, candidates: int = 8) -> list[int]:
+               ctc_weight: float = 0.7, candidates: int = 8) -> list[int]:
     """One clip's transcript by hybrid CTC/attention decoding (Watanabe et al. 2017): a beam search
     over the Thinker's tokens in which a hypothesis h scores
         (1 - ctc_weight) log p_Thinker(h | prompt) + ctc_weight log p_CTC(the frames spell h...)
@@ -203,7 +203,8 @@ def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id:
     not say loses, and so does a spelling no sentence would have. Each step keeps the `beam` best
     hypotheses, each extended by its `candidates` likeliest next tokens; a hypothesis ends with
     eos_id, scored with the probability that the frames spell exactly it, and the search stops
-    once the best ended one beats every one still going.
+    once the best ended one beats every one still going (both terms only fall as a hypothesis
+    grows, so none of those could catch up).
     prompt: ids ending in the generation prompt (audio placeholders included), feats (T, audio_width)."""
     device = next(model.parameters()).device
     thinker, w = model.thinker, ctc_weight
