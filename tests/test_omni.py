@@ -316,13 +316,18 @@ def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
 def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_line(tmp_path, world):
     """configs/omni_tiny.json's three switches: the question before the picture, cells started at their
     names, the audio frames' CTC. The debug run trains with all three; named cells without cell
-    vectors are refused in one line."""
+    vectors, and transcripts decoded with a spelling that nothing trains, are refused in one line."""
     flags, _, _ = world
     base = [sys.executable, "sft_omni.py", "--debug", *flags, f"--train.out_dir={tmp_path}",
             "--data.question_first=true", "--projector.image_pos_names=true", "--projector.audio_ctc=1"]
     r = subprocess.run(base + ["--projector.image_pos=false"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
     assert "projector.image_pos_names: needs projector.image_pos" in r.stderr
+    # decoding with the frames' spelling, when nothing trains that spelling
+    r = subprocess.run(base + ["--projector.audio_ctc=0", "--transcribe.ctc_weight=0.7"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
+    assert "transcribe.ctc_weight: 0.7 weighs the audio frames' spelling, which nothing trains" in r.stderr
     r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-800:]
     assert "held-out: typed" in r.stdout
