@@ -175,6 +175,7 @@ def reply(model: OmniModel, prompts: list[tuple[list[int], torch.Tensor, torch.T
 class TranscribeConfig:
     ctc_weight: float = 0.0  # weight of the audio frames' spelling beside the Thinker (0 = the Thinker alone, greedy)
     beam: int = 4  # hypotheses kept at each step when ctc_weight > 0
+    length_bonus: float = 0.0  # added to a hypothesis's score per token: offsets the search's bias to short texts
 
     def __post_init__(self):
         if not 0 <= self.ctc_weight <= 1 or self.beam < 1:
@@ -188,23 +189,27 @@ def transcripts(model: OmniModel, prompts: list[tuple[list[int], None, torch.Ten
     or hybrid CTC/attention decoding, one clip at a time (`transcribe`)."""
     if cfg.ctc_weight == 0:
         return reply(model, prompts, max_new, eos_id)
-    return [transcribe(model, ids, audio, eos_id, max_new, cfg.beam, cfg.ctc_weight) for ids, _, audio in prompts]
+    return [transcribe(model, ids, audio, eos_id, max_new, cfg.beam, cfg.ctc_weight, cfg.length_bonus)
+            for ids, _, audio in prompts]
 
 
 @torch.no_grad()
 def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id: int, max_new: int, beam: int = 4,
-               ctc_weight: float = 0.7, candidates: int = 8) -> list[int]:
+               ctc_weight: float = 0.7, length_bonus: float = 0.0, candidates: int = 8) -> list[int]:
     """One clip's transcript by hybrid CTC/attention decoding (Watanabe et al. 2017): a beam search
     over the Thinker's tokens in which a hypothesis h scores
         (1 - ctc_weight) log p_Thinker(h | prompt) + ctc_weight log p_CTC(the frames spell h...)
+        + length_bonus x (tokens in h)
     where the second term is the prefix score (omni.ctc_prefix) of the audio projector's spelling,
     the CTC head over the Thinker's own tokens that stage E trains beside it (OmniModel.spelling).
     The Thinker knows the language, the spelling knows the sound: a fluent sentence the frames do
-    not say loses, and so does a spelling no sentence would have. Each step keeps the `beam` best
+    not say loses, and so does a spelling no sentence would have. Both log-probabilities fall with
+    every token, so a search on them alone prefers to stop early and drop words; the length bonus
+    (ESPnet's insertion penalty, with the other sign) pays each token back. Each step keeps the `beam` best
     hypotheses, each extended by its `candidates` likeliest next tokens; a hypothesis ends with
     eos_id, scored with the probability that the frames spell exactly it, and the search stops
-    once the best ended one beats every one still going (both terms only fall as a hypothesis
-    grows, so none of those could catch up).
+    once the best ended one beats every one still going (exact without a bonus, since both
+    log-probabilities only fall as a hypothesis grows; with one, a rule of thumb).
     prompt: ids ending in the generation prompt (audio placeholders included), feats (T, audio_width)."""
     device = next(model.parameters()).device
     thinker, w = model.thinker, ctc_weight
@@ -225,12 +230,13 @@ def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id:
         done = top == eos_id
         for i in done.any(1).nonzero()[:, 0].tolist():  # h + eos: the frames must spell h and nothing more
             final = ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item()
-            ended.append(((1 - w) * (att[i] + lp[i, eos_id]).item() + w * final, hyps[i]))
+            ended.append(((1 - w) * (att[i] + lp[i, eos_id]).item() + w * final + length_bonus * len(hyps[i]),
+                          hyps[i]))
         parent, label = (~done & (top != model.audio_id)).nonzero(as_tuple=True)
         label = top[parent, label]
         psi, r_n, r_b = ctc_prefix_extend(logp_ctc, model.audio_id, r_n[:, parent], r_b[:, parent], last[parent], label)
         att_new = att[parent] + lp[parent, label]
-        score = (1 - w) * att_new + w * psi
+        score = (1 - w) * att_new + w * psi + length_bonus * (len(hyps[0]) + 1)  # every hypothesis is as long
         keep = score.topk(min(beam, len(score))).indices
         if not len(keep) or (ended and max(s for s, _ in ended) >= score[keep[0]].item()):
             break
@@ -241,8 +247,8 @@ def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id:
         cache.k, cache.v = [k[rows] for k in cache.k], [v[rows] for v in cache.v]  # each hypothesis's past
         logits = thinker(label[:, None].to(device), kv_cache=cache, start_pos=len(prompt) + step)[0][:, -1]
     else:  # out of room: the hypotheses still going end here
-        ended += [((1 - w) * att[i].item() + w * ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item(), h)
-                  for i, h in enumerate(hyps)]
+        ended += [((1 - w) * att[i].item() + w * ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item()
+                   + length_bonus * len(h), h) for i, h in enumerate(hyps)]
     return max(ended, key=lambda e: e[0])[1] if ended else hyps[0]
 
 

@@ -78,5 +78,7 @@ def test_with_the_spelling_weighed_in_an_untrained_thinker_writes_what_the_frame
     assert transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=0.0, candidates=40) != [5, 7, 7, 9]
     for weight in (0.7, 1.0):
         assert transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=weight, candidates=40) == [5, 7, 7, 9]
+    # a length bonus pays each token back: large enough, the search never ends before max_new
+    assert len(transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=0.0, length_bonus=100.0)) == 12
     with pytest.raises(ValueError, match="ctc_weight"):
         TranscribeConfig(ctc_weight=1.5)
