@@ -53,7 +53,7 @@ def stream(model, ids: list[int], image, audio, max_new: int, eos_id: int):
         logits, _ = model.thinker(nxt, kv_cache=cache, start_pos=pos)
 
 
-def answer(model, template, parts: list, image, audio, max_new: int, show: bool = True) -> tuple[str, float]:
+def answer(model, template, parts: list, image, audio, max_new: int) -> tuple[str, float]:
     """The reply to one user turn, printed as it comes; returns (text, seconds to the first token)."""
     ids, _ = template.encode([("user", parts)], add_generation_prompt=True)
     t0, first, out, text = time.time(), None, [], ""
@@ -61,11 +61,9 @@ def answer(model, template, parts: list, image, audio, max_new: int, show: bool 
         first = first if first is not None else time.time() - t0
         out.append(token)
         new = template.tok.decode(out)
-        if show:
-            print(new[len(text):], end="", flush=True)
+        print(new[len(text):], end="", flush=True)
         text = new
-    if show:
-        print()
+    print()
     return text.strip(), first if first is not None else time.time() - t0
 
 
