@@ -23,6 +23,9 @@ class JsonlLog:
             keep = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
             path.write_text("".join(line + "\n" for line in keep))
+        else:  # resumed in a run directory whose log was lost: it starts again here
+            print(f"{path}: not found; a new log starts at step {resume_step}, so the curves start there too")
+            path.write_text("")
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:

@@ -62,6 +62,25 @@ def test_fit_learns_and_writes_run_dir(tmp_path):
     assert best["best"]["value"] == min(evals) and best["config"] == {"note": "test"}
 
 
+def test_resuming_without_the_log_starts_a_new_one(tmp_path, capsys):
+    """A finished run resumed (an evaluation only) after its log.jsonl was lost: one line says so, a new
+    log starts at the resumed step and the curves are drawn from it, instead of a traceback at the end."""
+    cfg = TrainConfig(out_dir=str(tmp_path), device="cpu", max_steps=20, lr=1e-2, warmup_steps=5, eval_every=10,
+                      ckpt_every=10, log_every=10, weight_decay=0.0)
+    fit(_regression_task(), cfg, {})
+    (tmp_path / "log.jsonl").unlink()
+    (tmp_path / "curves.png").unlink()
+    cfg.resume = "auto"
+    fit(_regression_task(), cfg, {})  # nothing left to train: it evaluates, then draws the curves
+    assert "log.jsonl: not found; a new log starts at step 20" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").exists()
+    (tmp_path / "log.jsonl").unlink()
+    cfg.max_steps = 30  # and a run that goes on logs from where it resumed
+    fit(_regression_task(), cfg, {})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps and min(steps) > 20 and (tmp_path / "curves.png").exists()
+
+
 def test_grad_accum_sums_micro_batches(tmp_path):
     """Two micro-batches of 32 accumulate to the gradient of their mean: same as one step on both."""
     t = _regression_task()
