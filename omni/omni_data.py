@@ -61,6 +61,11 @@ def check_shares(shares: dict[str, float], where: str):
         raise ValueError(f"{where}: kinds are {', '.join(KINDS)} with shares >= 0, at least one > 0; got {shares}")
 
 
+def spread(total: int, n: int) -> list[int]:
+    """n indices spread evenly over range(total), every (total / n)-th; all of them when n = total."""
+    return [j * total // n for j in range(n)]
+
+
 @dataclass
 class OmniDataConfig:
     shapes: str = "data/shapes_tiny"  # the shapes world of stage C: train/val/test.jsonl with questions
@@ -69,14 +74,14 @@ class OmniDataConfig:
     corpus: str = "data/austen"  # stage A's corpus: text turns and the held-out chapters (bits per byte)
     shares: dict[str, float] = field(default_factory=lambda: {
         "image_qa": 0.45, "caption": 0.1, "spoken_qa": 0.25, "asr": 0.1, "text": 0.1})  # micro-batches per kind
-    asr_clips: int = 3000  # training clips of the speech set used for transcription and copy turns (0 = all;
-    # spell rows always draw from all)
+    asr_clips: int = 3000  # training clips of the speech set used for transcription and copy turns, spread evenly
+    # over it (0 = all; spell rows always draw from all)
     asr_weights: dict[str, float] = field(default_factory=dict)  # a transcription turn draws its clip in proportion
     # to these weights by the clip's source in the speech set (world, austen, answer; missing = 1; {} = all alike)
     text_tokens: int = 64  # tokens in a text turn: the first half is the prompt, the second the reply
     text_plain: bool = False  # text rows as plain prose, every token counted (stage A's own task), not a chat turn
     eval_questions: int = 600  # test questions asked at each evaluation, typed and spoken (0 = all)
-    eval_clips: int = 100  # unseen-voice test clips transcribed at each evaluation (0 = all)
+    eval_clips: int = 100  # unseen-voice test clips transcribed at each evaluation, spread over the split (0 = all)
     eval_tokens: int = 0  # held-out Austen tokens scored for bits per byte (0 = as many as stage A's run)
     samples: int = 3  # test answers printed at each evaluation
     question_first: bool = False  # the question (typed or spoken) before the picture, not after it
@@ -181,32 +186,37 @@ class OmniData:
         for s, (texts, feats, _) in spoken.items():
             for text, f in zip(texts, feats):
                 self.voices[s].setdefault(text, []).append(f)
-        # spell rows draw from every training clip, transcription and copy turns from the first asr_clips
+        # spell rows draw from every training clip, transcription and copy turns from asr_clips of them
         speech = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
                   for s, n in (("train", 0 if "spell" in drawn else cfg.asr_clips), ("test", cfg.eval_clips))}
         self.asr = {s: (texts, feats) for s, (texts, feats, _) in speech.items()}
-        self.n_asr = min(cfg.asr_clips or len(self.asr["train"][0]), len(self.asr["train"][0]))
+        n_train = len(self.asr["train"][0])
+        self.asr_idx = spread(n_train, min(cfg.asr_clips or n_train, n_train))  # the clips of transcription turns
+        sources = [speech["train"][2][j] for j in self.asr_idx]
         self.asr_weights = torch.tensor([float(cfg.asr_weights.get(src, 1.0))
-                                         for src in speech["train"][2][: self.n_asr]]) if cfg.asr_weights else None
+                                         for src in sources]) if cfg.asr_weights else None
         if self.asr_weights is not None and not self.asr_weights.sum() > 0:
             raise UserError(f"data.asr_weights: {cfg.asr_weights} gives every transcription clip weight 0 (their "
-                            f"sources: {sorted(set(speech['train'][2][: self.n_asr]))})")
+                            f"sources: {sorted(set(sources))})")
         train_paras, val_paras = split_corpus(repo_path(cfg.corpus), 10)
         self.text_ids = encode_stream(template.tok, train_paras)
         self.val_ids = encode_stream(template.tok, val_paras)
         self.dims = (self.images["train"].shape[-1], model.audio_width)
 
     def _clips(self, model, manifest: Path, front_end: FrontEndConfig, limit: int = 0, copies: int = 0):
-        """Transcripts, frozen audio features (T_i / 4, d_audio) and sources of a manifest's first `limit` clips
+        """Transcripts, frozen audio features (T_i / 4, d_audio) and sources of `limit` clips of a manifest
         (0 = all) that fit the Thinker, then `copies` changed copies of each (stage B's speed and
         warp augmentation on the log-mel, drawn once from the seed; the encoder is frozen, so a copy
-        costs one encoding at start-up and nothing per step)."""
+        costs one encoding at start-up and nothing per step). The `limit` clips are spread evenly
+        over the manifest, not its first ones: a speech set lists its bare answers last, and a
+        sample should hold every kind of clip in its share."""
         s = load_speech_set(manifest, front_end)
         n = min(limit or len(s), len(s))
+        picks = spread(len(s), n)
         g = torch.Generator().manual_seed(self.seed)
-        changed = [augment(s.features(k), g, self.cfg.spoken_speed, self.cfg.spoken_warp)
+        changed = [augment(s.features(picks[k]), g, self.cfg.spoken_speed, self.cfg.spoken_warp)
                    for _ in range(copies) for k in range(n)]  # clip n * c + k is copy c of clip k
-        mel = lambda k: s.features(k) if k < n else changed[k - n]  # noqa: E731  (T, n_mels)
+        mel = lambda k: s.features(picks[k]) if k < n else changed[k - n]  # noqa: E731  (T, n_mels)
         total = n * (1 + copies)
         order = sorted(range(total), key=lambda k: len(mel(k)))  # similar lengths: little padding
         feats: list[torch.Tensor] = [torch.empty(0)] * total
@@ -221,7 +231,7 @@ class OmniData:
         if copies:
             print(f"{manifest}: {copies} changed copies of each of its {n} clips (speed +-{self.cfg.spoken_speed:g}, "
                   f"mel warp +-{self.cfg.spoken_warp:g})")
-        return [s.texts[k % n] for k in keep], [feats[k] for k in keep], [s.sources[k % n] for k in keep]
+        return [s.texts[picks[k % n]] for k in keep], [feats[k] for k in keep], [s.sources[picks[k % n]] for k in keep]
 
     def ask(self, img: torch.Tensor, question) -> list:
         """The user's parts: the picture and the question, in the configured order. The Thinker's
@@ -258,15 +268,15 @@ class OmniData:
         if kind in ("asr", "spell"):
             texts, feats = self.asr["train"]
             if kind == "asr" and self.asr_weights is not None:  # data.asr_weights: by the clip's source
-                j = int(torch.multinomial(self.asr_weights, 1, generator=g))
+                j = self.asr_idx[int(torch.multinomial(self.asr_weights, 1, generator=g))]
             else:
-                j = pick(self.n_asr if kind == "asr" else len(texts))
+                j = self.asr_idx[pick(len(self.asr_idx))] if kind == "asr" else pick(len(texts))
             if kind == "spell":  # no turn: only the frames and what they say
                 return [], [], None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
             turns = [("user", [(AUDIO, len(feats[j])), ASR_PROMPT]), ("assistant", [texts[j]])]
             return *self.t.encode(turns), None, feats[j], [(len(feats[j]), self.t.text_ids(texts[j]))]
         if kind == "copy":  # a transcription turn with the clip's words typed: the reply copies them
-            text = self.asr["train"][0][pick(self.n_asr)]
+            text = self.asr["train"][0][self.asr_idx[pick(len(self.asr_idx))]]
             return *self.t.encode([("user", [text, ASR_PROMPT]), ("assistant", [text])]), None, None, []
         n = self.cfg.text_tokens
         start = pick(len(self.text_ids) - n)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,7 +177,7 @@ def test_a_copy_row_types_a_transcript_and_counts_only_its_copy(world):
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() reads for copy rows
     d.t, d.cfg = ChatTemplate(tok), omni_data.OmniDataConfig()
-    d.asr, d.n_asr = {"train": (["a small red circle", "she was not at home"], [])}, 2
+    d.asr, d.asr_idx = {"train": (["a small red circle", "she was not at home"], [])}, [0, 1]
     ids, mask, img, aud, said = d.turn("copy", torch.Generator().manual_seed(0))
     assert img is None and aud is None and said == []
     reply = [i for i, m in zip(ids, mask) if m][:-1]  # the counted tokens, less the closing <|im_end|>
@@ -188,14 +189,15 @@ def test_a_copy_row_types_a_transcript_and_counts_only_its_copy(world):
 
 def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
     """data kind 'spell': no chat turn, only a clip's frames and the tokens it says (for the audio
-    projector's CTC); spell rows draw from every training clip, transcription turns from the first
-    data.asr_clips; a spell batch's token tensors are empty."""
+    projector's CTC); spell rows draw from every training clip, transcription turns from the
+    data.asr_clips spread over them; a spell batch's token tensors are empty."""
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() and batch() read
     d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 4, (4, 6)
     d.cfg = omni_data.OmniDataConfig(shares={"spell": 1}, batch_scale={"spell": 2})
     texts = ["a small red circle", "she was not at home", "they walked to the village"]
-    d.asr, d.n_asr, d.asr_weights = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, 1, None
+    d.asr, d.asr_weights = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, None
+    d.asr_idx = omni_data.spread(3, 1)  # data.asr_clips = 1: the first clip
     x, y, mask, img, aud, (words, n_words, n_frames) = d.batch(0)
     assert x.shape == y.shape == mask.shape == (8, 0) and img.shape == (0, 4)
     assert len(n_frames) == 8 and aud.shape == (int(n_frames.sum()), 6)
@@ -203,7 +205,7 @@ def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
         j = int(f[0, 0])  # the clip's index, written in its frames
         assert len(f) == 3 + j and w.tolist() == d.t.text_ids(texts[j])
     spelled = {int(f[0, 0]) for i in range(10) for f in d.batch(i)[4].split(d.batch(i)[5][2].tolist())}
-    assert spelled == {0, 1, 2}  # every clip, though transcription turns would draw from the first only
+    assert spelled == {0, 1, 2}  # every clip, though transcription turns would draw from one only
     assert {d.turn("asr", torch.Generator().manual_seed(i))[4][0][0] for i in range(10)} == {3}
 
 
@@ -221,12 +223,37 @@ def test_spell_rows_train_under_torchrun(tmp_path, world):
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 6
 
 
+def test_clip_samples_are_spread_over_the_manifest(world):
+    """data.asr_clips and data.eval_clips take clips spread evenly over the speech set, not its first
+    ones: a speech set lists its bare answers last, and a sample of the first clips held none (stage E
+    never learned to transcribe a word said alone, and its evaluation never asked it to)."""
+    flags, _, _ = world
+    manifest = Path(next(f for f in flags if f.startswith("--data.speech=")).split("=", 1)[1]) / "train.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert rows[-1]["source"] == "answer"  # the case that matters: answers come last
+
+    class Frames:  # encode_audio as a frozen encoder would shape it, each clip's log-mel as its frames
+        def encode_audio(self, mels, lengths):
+            return [m[:n] for m, n in zip(mels, lengths.tolist())]
+
+    d = object.__new__(omni_data.OmniData)  # only what _clips reads
+    d.seed, d.cfg, d.max_len = 0, omni_data.OmniDataConfig(), 10 ** 6
+    n = len(rows)
+    for limit in (2, 3, n - 1, 0):
+        texts, feats, sources = d._clips(Frames(), manifest, FrontEndConfig(), limit)
+        picked = omni_data.spread(n, limit or n)
+        assert texts == [speech_data.normalize(rows[j]["text"]) for j in picked]
+        assert sources == [rows[j]["source"] for j in picked] and len(feats) == len(picked)
+    assert omni_data.spread(660, 100)[-1] >= 600 and omni_data.spread(5, 5) == [0, 1, 2, 3, 4]
+    assert sum(j >= 600 for j in omni_data.spread(660, 100)) == 9  # the 60 answers of 660 clips: 9 of 100
+
+
 def test_asr_weights_draw_transcription_clips_by_their_source(world):
     """data.asr_weights: a transcription turn draws its clip in proportion to the weight of the clip's
     source (here only the second clip has weight); without weights every clip is alike."""
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() reads for transcription turns
-    d.t, d.cfg, d.n_asr = ChatTemplate(tok), omni_data.OmniDataConfig(), 3
+    d.t, d.cfg, d.asr_idx = ChatTemplate(tok), omni_data.OmniDataConfig(), [0, 1, 2]
     texts = ["a small red circle", "she was not at home", "they walked to the village"]
     d.asr = {"train": (texts, [torch.zeros(3 + k, 6) for k in range(3)])}
     d.asr_weights = torch.tensor([0.0, 1.0, 0.0])  # e.g. {"world": 0} for sources world, austen, world
