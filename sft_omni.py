@@ -143,6 +143,13 @@ def main(cfg: OmniStageConfig) -> dict:
                    for j in range(0, len(val_x), 16))
         return nats / math.log(2) / val_bytes
 
+    sources = data.asr_sources["test"]  # the speech set's kinds of clip, so the CER says where it is lost
+    kinds = sorted(set(sources)) if len(set(sources)) > 1 else []
+
+    def cer_by_source(hyps: list[str]) -> dict[str, float]:
+        return {k: cer([r for r, s in zip(asr_refs, sources) if s == k], [h for h, s in zip(hyps, sources) if s == k])
+                for k in kinds}
+
     vocab = CharVocab()
     with torch.no_grad():
         ref_bpb = bits_per_byte(model.thinker)
@@ -150,7 +157,7 @@ def main(cfg: OmniStageConfig) -> dict:
         for _, _, f in asr_prompts:  # stage B's own CTC head on the very same clips
             logits = ctc.head(model.centre(f)).view(1, len(f) * ctc.up, -1).log_softmax(-1)
             hyps.append(vocab.decode(ctc_greedy_decode(logits, torch.tensor([len(f) * ctc.up]))[0]))
-        ref_cer = cer(asr_refs, hyps)
+        ref_cer, ref_by_source = cer(asr_refs, hyps), cer_by_source(hyps)
     print(f"references: stage A bits per byte {ref_bpb:.4f} on the held-out chapters; stage B CER "
           f"{ref_cer:.2%} on the same unseen-voice clips")
 
@@ -185,6 +192,7 @@ def main(cfg: OmniStageConfig) -> dict:
                 it[f"{mode}_answer"], it[f"{mode}_right"] = a, r
         hyps = [normalize(template.tok.decode(h)) for h in transcripts(m, asr_prompts, eos, 48, cfg.transcribe)]
         out["asr_cer"] = cer(asr_refs, hyps)
+        out.update({f"asr_cer_{k}": v for k, v in cer_by_source(hyps).items()})
         print(f"  asr    | ref: {asr_refs[0]}\n         | hyp: {hyps[0]}")
         out["bpb"] = bits_per_byte(m.thinker)
         return out
@@ -230,6 +238,9 @@ def main(cfg: OmniStageConfig) -> dict:
     elif "qa" in final:
         print("spoken answers: not scored (init.talker is empty)")
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+    if kinds:
+        print("transcription CER by kind of clip, stage E / stage B: " + ", ".join(
+            f"{k} {final[f'asr_cer_{k}']:.1%} / {ref_by_source[k]:.1%} ({sources.count(k)} clips)" for k in kinds))
     if "qa" in final:
         plot_answers(data.records["test"], qa, repo_path(cfg.data.shapes) / "test.jsonl", run_dir / "answers.png")
         spoken = f" / spoken (unseen voices) {final['spoken']:.1%}" if "spoken" in final else ""

@@ -190,6 +190,7 @@ class OmniData:
         speech = {s: self._clips(model, Path(cfg.speech) / f"{s}.jsonl", front_end, n)
                   for s, n in (("train", 0 if "spell" in drawn else cfg.asr_clips), ("test", cfg.eval_clips))}
         self.asr = {s: (texts, feats) for s, (texts, feats, _) in speech.items()}
+        self.asr_sources = {s: sources for s, (_, _, sources) in speech.items()}  # world, austen, answer or ""
         n_train = len(self.asr["train"][0])
         self.asr_idx = spread(n_train, min(cfg.asr_clips or n_train, n_train))  # the clips of transcription turns
         sources = [speech["train"][2][j] for j in self.asr_idx]

@@ -299,6 +299,11 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
               "spoken_answers", "spoken_answers_cer", "spoken_answers_espeak", "spoken_answers_espeak_cer"):
         assert k in m and m[k] >= 0, k
     assert m["step"] == 6 and abs(m["ref_bpb"] - m["bpb"]) < 5
+    # transcription is also scored per kind of clip of the evaluation's sample (world, austen, answer)
+    speech = Path(next(f for f in flags if f.startswith("--data.speech=")).split("=", 1)[1])
+    rows = [json.loads(line) for line in (speech / "test.jsonl").read_text().splitlines()]
+    picked = {rows[j]["source"] for j in omni_data.spread(len(rows), 4)}  # DEBUG's data.eval_clips
+    assert len(picked) > 1 and {k for k in m if k.startswith("asr_cer_")} == {f"asr_cer_{k}" for k in picked}
     for name in ("curves.png", "answers.png", "best.pt", "metrics.json", "phase1/latest.pt"):
         assert (tmp_path / name).stat().st_size > 500, name
     a = torch.load(d / "stage_A.pt", weights_only=True)["model"]
