@@ -238,7 +238,7 @@ def main(cfg: OmniStageConfig) -> dict:
     elif "qa" in final:
         print("spoken answers: not scored (init.talker is empty)")
     (run_dir / "metrics.json").write_text(json.dumps(final, indent=2) + "\n")
-    if kinds:
+    if kinds and "asr_cer" in final:  # only the process that evaluated has the figures
         print("transcription CER by kind of clip, stage E / stage B: " + ", ".join(
             f"{k} {final[f'asr_cer_{k}']:.1%} / {ref_by_source[k]:.1%} ({sources.count(k)} clips)" for k in kinds))
     if "qa" in final:
