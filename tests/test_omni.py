@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -227,20 +227,17 @@ def test_clip_samples_are_spread_over_the_manifest(world):
     """data.asr_clips and data.eval_clips take clips spread evenly over the speech set, not its first
     ones: a speech set lists its bare answers last, and a sample of the first clips held none (stage E
     never learned to transcribe a word said alone, and its evaluation never asked it to)."""
-    flags, _, _ = world
-    manifest = Path(next(f for f in flags if f.startswith("--data.speech=")).split("=", 1)[1]) / "train.jsonl"
+    manifest = world[2] / "speech" / "train.jsonl"  # the --data.speech of the world's flags
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert rows[-1]["source"] == "answer"  # the case that matters: answers come last
 
-    class Frames:  # encode_audio as a frozen encoder would shape it, each clip's log-mel as its frames
-        def encode_audio(self, mels, lengths):
-            return [m[:n] for m, n in zip(mels, lengths.tolist())]
-
+    # encode_audio as a frozen encoder would shape it, each clip's log-mel as its frames
+    frames = SimpleNamespace(encode_audio=lambda mels, lengths: [m[:n] for m, n in zip(mels, lengths.tolist())])
     d = object.__new__(omni_data.OmniData)  # only what _clips reads
     d.seed, d.cfg, d.max_len = 0, omni_data.OmniDataConfig(), 10 ** 6
     n = len(rows)
     for limit in (2, 3, n - 1, 0):
-        texts, feats, sources = d._clips(Frames(), manifest, FrontEndConfig(), limit)
+        texts, feats, sources = d._clips(frames, manifest, FrontEndConfig(), limit)
         picked = omni_data.spread(n, limit or n)
         assert texts == [speech_data.normalize(rows[j]["text"]) for j in picked]
         assert sources == [rows[j]["source"] for j in picked] and len(feats) == len(picked)
@@ -300,8 +297,7 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
         assert k in m and m[k] >= 0, k
     assert m["step"] == 6 and abs(m["ref_bpb"] - m["bpb"]) < 5
     # transcription is also scored per kind of clip of the evaluation's sample (world, austen, answer)
-    speech = Path(next(f for f in flags if f.startswith("--data.speech=")).split("=", 1)[1])
-    rows = [json.loads(line) for line in (speech / "test.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (d / "speech" / "test.jsonl").read_text().splitlines()]
     picked = {rows[j]["source"] for j in omni_data.spread(len(rows), 4)}  # DEBUG's data.eval_clips
     assert len(picked) > 1 and {k for k in m if k.startswith("asr_cer_")} == {f"asr_cer_{k}" for k in picked}
     for name in ("curves.png", "answers.png", "best.pt", "metrics.json", "phase1/latest.pt"):
