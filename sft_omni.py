@@ -97,9 +97,12 @@ def main(cfg: OmniStageConfig) -> dict:
             raise config.UserError(f"{where}: the encoders are frozen in stage E; it must map "
                                    f"{' and '.join(repr(p) for p in ENCODERS)} to 0, got {plan}")
     spelled = cfg.projector.audio_ctc > 0 or any("spell" in s for s in (cfg.data.shares, cfg.phase1.shares))
-    if cfg.transcribe.ctc_weight > 0 and not spelled:
+    if cfg.transcribe.ctc_weight > 0 and cfg.transcribe.spelling == "tokens" and not spelled:
         raise config.UserError(f"transcribe.ctc_weight: {cfg.transcribe.ctc_weight} weighs the audio frames' spelling, "
                                "which nothing trains here; set projector.audio_ctc > 0 or transcribe.ctc_weight to 0")
+    if cfg.transcribe.ctc_weight > 0 and cfg.transcribe.spelling == "chars" and not cfg.projector.audio_chars > 0:
+        raise config.UserError("transcribe.spelling: 'chars' weighs the frames' spelling in characters, which nothing "
+                               "trains here; set projector.audio_chars > 0 or transcribe.spelling to 'tokens'")
     run_dir = repo_path(cfg.train.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -57,6 +57,24 @@ def ctc_prefix_extend(logp: torch.Tensor, blank: int, r_n: torch.Tensor, r_b: to
     return torch.logsumexp(phi[:-1] + lp, 0), new_n, new_b
 
 
+def ctc_prefix_extend_strings(logp: torch.Tensor, blank: int, r_n: torch.Tensor, r_b: torch.Tensor,
+                              last: torch.Tensor, strings: list[list[int]]):
+    """As ctc_prefix_extend, but extension m appends a whole string of labels, strings[m] (non-empty): a
+    Thinker token spelled in characters. One label position at a time, for every extension whose
+    string is that long. Returns psi (M,) of each g + string, the state of each, and each one's new
+    last label (M,)."""
+    lens = torch.tensor([len(s) for s in strings])
+    r_n, r_b, last = r_n.clone(), r_b.clone(), last.clone()
+    psi = torch.full((len(strings),), NEG, dtype=logp.dtype)
+    for k in range(int(lens.max())):
+        going = (lens > k).nonzero()[:, 0]  # the extensions with a k-th label
+        label = torch.tensor([strings[m][k] for m in going.tolist()])
+        psi[going], r_n[:, going], r_b[:, going] = ctc_prefix_extend(logp, blank, r_n[:, going], r_b[:, going],
+                                                                     last[going], label)
+        last[going] = label
+    return psi, r_n, r_b, last
+
+
 def ctc_full_score(r_n: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
     """(M,) log probability that the whole clip spells exactly the prefix (no label after it)."""
     return torch.logaddexp(r_n[-1], r_b[-1])

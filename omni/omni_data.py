@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 from omni.audio import FrontEndConfig, augment, load_speech_set, pad_batch
+from omni.audio_encoder import CharVocab
 from omni.chat_template import AUDIO, ChatTemplate, collate, user_parts
 from omni.config import UserError
 from omni.paths import repo_path
@@ -167,6 +168,7 @@ class OmniData:
                  seed: int, batch_size: int, also: dict[str, float] | None = None):
         """`also`: another mix that batch() will be asked for (phase 1's); its kinds are loaded too."""
         self.cfg, self.t, self.seed, self.B = cfg, template, seed, batch_size
+        self.vocab = CharVocab()  # stage B's alphabet: what the clips say, spelled for the character head
         drawn = {k for mix in (cfg.shares, also or {}) for k, v in mix.items() if v > 0}
         self.max_len = model.thinker.cfg.max_seq_len
         size = model.vision.cfg.image_size
@@ -290,16 +292,20 @@ class OmniData:
         """Micro-batch i: one kind drawn by the shares (None = data.shares), then B x batch_scale[kind]
         turns of it; a pure function of i and the shares. Returns x, y, loss mask (B, T), image and
         audio frames (N, d), and what the clips say: (token ids of all clips (S,), ids per clip (n,),
-        frames per clip (n,)), in frame order. A spell batch's x, y and mask are empty (B, 0)."""
+        frames per clip (n,), character ids of all clips (C,), characters per clip (n,)), in frame order.
+        A spell batch's x, y and mask are empty (B, 0)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         shares = shares or self.cfg.shares
         kinds = [k for k in KINDS if shares.get(k, 0) > 0]
         kind = kinds[int(torch.multinomial(torch.tensor([float(shares[k]) for k in kinds]), 1, generator=g))]
         turns = [self.turn(kind, g) for _ in range(self.B * self.cfg.batch_scale.get(kind, 1))]
         said = [w for tr in turns for w in tr[4]]
+        chars = [self.vocab.encode(normalize(self.t.tok.decode(ids))) for _, ids in said]  # what is said, spelled
         words = (torch.tensor([t for _, ids in said for t in ids], dtype=torch.long),
                  torch.tensor([len(ids) for _, ids in said], dtype=torch.long),
-                 torch.tensor([n for n, _ in said], dtype=torch.long))
+                 torch.tensor([n for n, _ in said], dtype=torch.long),
+                 torch.tensor([c for cs in chars for c in cs], dtype=torch.long),
+                 torch.tensor([len(cs) for cs in chars], dtype=torch.long))
         rows = [tr[:2] for tr in turns] if kind != "spell" else [([0], [0])] * len(turns)
         return (*collate(rows, self.t.tok.pad_id),
                 self.frames([tr[2] for tr in turns], 0), self.frames([tr[3] for tr in turns], 1), words)

@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.audio import FrontEndConfig
-from omni.audio_encoder import AudioCTC, AudioEncoder, AudioEncoderConfig
+from omni.audio_encoder import AudioCTC, AudioEncoder, AudioEncoderConfig, CharVocab
 from omni.chat_template import ChatTemplate, splice
 from omni.checkpoint import load_stage_checkpoint, load_weights
 from omni.config import UserError, from_dict
-from omni.ctc_prefix import NEG, ctc_full_score, ctc_prefix_extend, ctc_prefix_start
+from omni.ctc_prefix import NEG, ctc_full_score, ctc_prefix_extend_strings, ctc_prefix_start
 from omni.paths import repo_path
 from omni.projector import Projector, ProjectorConfig
 from omni.thinker import Thinker, ThinkerConfig, generate
@@ -56,6 +56,11 @@ class OmniModel(nn.Module):
         self.image_id, self.audio_id = image_id, audio_id  # placeholder token ids (ChatTemplate)
         self.audio_ctc = projector.audio_ctc  # weight of the audio frames' CTC loss (spell_loss), 0 = none
         self.audio_tokens = projector.audio_tokens  # frames enter as token embeddings weighted by the spelling
+        self.audio_chars = projector.audio_chars  # weight of the frames' CTC loss in characters (char_loss), 0 = none
+        self.char_up = audio.ctc_upsample  # character slots per frame, as stage B's head has
+        if self.audio_chars > 0:  # a frame and its neighbours -> char_up slots of stage B's alphabet and the blank (0)
+            self.char_head = nn.Linear(self.audio_width, len(CharVocab()) * self.char_up)
+        self.token_chars: tuple[list, list] | None = None  # each token's characters (token_chars), set by `build`
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -130,16 +135,44 @@ class OmniModel(nn.Module):
         logp = self.spelling(audio_feats)[start + torch.minimum(t, n_frames - 1)]
         return F.ctc_loss(logp, words, n_frames, n_words, blank=self.audio_id, zero_infinity=True)
 
+    def char_spelling(self, audio_feats) -> torch.Tensor:
+        """(N_aud, audio_width) -> (N_aud * char_up, 1 + letters) log-probabilities of stage B's alphabet
+        (CharVocab, blank 0) in each character slot: one linear layer (char_head) on the frames the audio
+        projector reads, each with its neighbours, not on what it makes of them. The frozen encoder's
+        frames still hold stage B's spelling, one linear map away; the projected frames, pulled toward
+        the Thinker's token embeddings, keep less of it (a head on them spelled the validation clips
+        at 14.9% CER where this one reaches stage B's 8.9% in 300 steps: chapter 8, nineteenth round)."""
+        return self.char_head(audio_feats).float().view(len(audio_feats) * self.char_up, -1).log_softmax(-1)
+
+    def char_loss(self, audio_feats, chars, n_chars, n_frames) -> torch.Tensor:
+        """CTC loss of the frames spelling what each clip says in characters (stage B's task, learned
+        again by stage E's own head), so that transcription can weigh a spelling that knows the words
+        the Thinker's tokens rarely held (transcribe, spelling "chars"). Only char_head learns from it.
+        chars (S,): the character ids of every clip's text, n_chars (n,) per clip; n_frames (n,) per clip."""
+        slots = n_frames * self.char_up
+        start = slots.cumsum(0) - slots
+        t = torch.arange(int(slots.max()), device=slots.device)[:, None]
+        logp = self.char_spelling(audio_feats)[start + torch.minimum(t, slots - 1)]
+        return F.ctc_loss(logp, chars, slots, n_chars, blank=0, zero_infinity=True)
+
+    def said_loss(self, audio_feats, said, weight: float) -> torch.Tensor:
+        """weight x spell_loss, plus audio_chars x char_loss when that is on; said = (words, n_words,
+        n_frames, chars, n_chars) of a batch's clips (OmniData.batch)."""
+        loss = weight * self.spell_loss(audio_feats, *said[:3]) if weight > 0 else 0.0
+        if self.audio_chars > 0:
+            loss = loss + self.audio_chars * self.char_loss(audio_feats, said[3], said[4], said[2])
+        return loss
+
     def forward(self, x, y, loss_mask, image_feats, audio_feats, said=None):
         """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss; with
-        audio_ctc > 0 and said = (words, n_words, n_frames) of the batch's clips (OmniData.batch),
-        the loss adds audio_ctc times their spell_loss. A batch with no tokens (OmniData's spell rows) is
-        the spell_loss alone: the Thinker does not run."""
+        audio_ctc > 0 and said = (words, n_words, n_frames, chars, n_chars) of the batch's clips
+        (OmniData.batch), the loss adds audio_ctc times their spell_loss (and audio_chars times their
+        char_loss). A batch with no tokens (OmniData's spell rows) is those losses alone: the Thinker does not run."""
         if not x.numel():
-            return None, self.spell_loss(audio_feats, *said)
+            return None, self.said_loss(audio_feats, said, 1.0)
         logits, loss = self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
-        if self.audio_ctc > 0 and said is not None and len(said[1]):
-            loss = loss + self.audio_ctc * self.spell_loss(audio_feats, *said)
+        if (self.audio_ctc > 0 or self.audio_chars > 0) and said is not None and len(said[1]):
+            loss = loss + self.said_loss(audio_feats, said, self.audio_ctc)
         return logits, loss
 
 
@@ -176,11 +209,32 @@ class TranscribeConfig:
     ctc_weight: float = 0.0  # weight of the audio frames' spelling beside the Thinker (0 = the Thinker alone, greedy)
     beam: int = 4  # hypotheses kept at each step when ctc_weight > 0
     length_bonus: float = 0.0  # added to a hypothesis's score per token: offsets the search's bias to short texts
+    spelling: str = "tokens"  # whose spelling is weighed: "tokens" (projector.audio_ctc, over the Thinker's tokens)
+    # or "chars" (projector.audio_chars, over stage B's alphabet)
+    candidates: int = 8  # the Thinker's likeliest next tokens that each hypothesis is extended by
 
     def __post_init__(self):
-        if not 0 <= self.ctc_weight <= 1 or self.beam < 1:
-            raise ValueError(f"TranscribeConfig: ctc_weight must be in [0, 1] and beam >= 1, got {self.ctc_weight}, "
-                             f"{self.beam}")
+        if not 0 <= self.ctc_weight <= 1 or self.beam < 1 or self.candidates < 1:
+            raise ValueError(f"TranscribeConfig: ctc_weight must be in [0, 1], beam and candidates >= 1, got "
+                             f"{self.ctc_weight}, {self.beam}, {self.candidates}")
+        if self.spelling not in ("tokens", "chars"):
+            raise ValueError(f"TranscribeConfig.spelling must be 'tokens' or 'chars', got {self.spelling!r}")
+
+
+def token_chars(tok: Tokenizer) -> tuple[list, list]:
+    """Each Thinker token's characters in stage B's alphabet (CharVocab ids, lower case, the word
+    boundary a space), None for a token holding anything else (punctuation, digits, bytes, control
+    tokens: no transcript has them); and the same for a transcript's first token, its leading space dropped."""
+    vocab, sp = CharVocab(), tok.sp
+
+    def chars(v: int, first: bool):
+        if sp.is_control(v) or sp.is_unknown(v) or sp.is_byte(v):
+            return None
+        s = sp.id_to_piece(v).replace("\u2581", " ").lower()
+        s = s.lstrip(" ") if first else s
+        return [vocab.index[c] for c in s] if s and all(c in vocab.index for c in s) else None
+
+    return [chars(v, True) for v in range(tok.vocab_size)], [chars(v, False) for v in range(tok.vocab_size)]
 
 
 def transcripts(model: OmniModel, prompts: list[tuple[list[int], None, torch.Tensor]], eos_id: int, max_new: int,
@@ -189,27 +243,30 @@ def transcripts(model: OmniModel, prompts: list[tuple[list[int], None, torch.Ten
     or hybrid CTC/attention decoding, one clip at a time (`transcribe`)."""
     if cfg.ctc_weight == 0:
         return reply(model, prompts, max_new, eos_id)
-    return [transcribe(model, ids, audio, eos_id, max_new, cfg.beam, cfg.ctc_weight, cfg.length_bonus)
-            for ids, _, audio in prompts]
+    return [transcribe(model, ids, audio, eos_id, max_new, cfg.beam, cfg.ctc_weight, cfg.length_bonus, cfg.candidates,
+                       cfg.spelling) for ids, _, audio in prompts]
 
 
 @torch.no_grad()
 def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id: int, max_new: int, beam: int = 4,
-               ctc_weight: float = 0.7, length_bonus: float = 0.0, candidates: int = 8) -> list[int]:
+               ctc_weight: float = 0.7, length_bonus: float = 0.0, candidates: int = 8,
+               spelling: str = "tokens") -> list[int]:
     """One clip's transcript by hybrid CTC/attention decoding (Watanabe et al. 2017): a beam search
     over the Thinker's tokens in which a hypothesis h scores
         (1 - ctc_weight) log p_Thinker(h | prompt) + ctc_weight log p_CTC(the frames spell h...)
         + length_bonus x (tokens in h)
-    where the second term is the prefix score (omni.ctc_prefix) of the audio projector's spelling,
-    the CTC head over the Thinker's own tokens that stage E trains beside it (OmniModel.spelling).
+    where the second term is the prefix score (omni.ctc_prefix) of a CTC head that stage E trains
+    beside the Thinker on the projected frames: with spelling "tokens" the audio projector's own
+    spelling over the Thinker's tokens (OmniModel.spelling), with "chars" a head over stage B's
+    alphabet (OmniModel.char_spelling), each token then spelled by its characters (token_chars).
     The Thinker knows the language, the spelling knows the sound: a fluent sentence the frames do
     not say loses, and so does a spelling no sentence would have. Both log-probabilities fall with
     every token, so a search on them alone prefers to stop early and drop words; the length bonus
     (ESPnet's insertion penalty, with the other sign) pays each token back. Each step keeps the `beam` best
-    hypotheses, each extended by its `candidates` likeliest next tokens; a hypothesis ends with
-    eos_id, scored with the probability that the frames spell exactly it, and the search stops
-    once the best ended one beats every one still going (exact without a bonus, since both
-    log-probabilities only fall as a hypothesis grows; with one, a rule of thumb).
+    hypotheses, each extended by its `candidates` likeliest next tokens (the Thinker proposes, the
+    spelling weighs); a hypothesis ends with eos_id, scored with the probability that the frames spell
+    exactly it, and the search stops once the best ended one beats every one still going (exact
+    without a bonus, since both log-probabilities only fall as a hypothesis grows; with one, a rule of thumb).
     prompt: ids ending in the generation prompt (audio placeholders included), feats (T, audio_width)."""
     device = next(model.parameters()).device
     thinker, w = model.thinker, ctc_weight
@@ -218,31 +275,40 @@ def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id:
     cache = thinker.make_cache(1)
     embeds = model.embed(x, torch.zeros(0, model.vision.cfg.width, device=device), feats.to(device))
     logits = thinker(embeds=embeds, kv_cache=cache)[0][:, -1]  # (live hypotheses, vocab)
-    logp_ctc = model.spelling(feats.to(device)).double().cpu()  # (T, vocab); the blank is the audio placeholder
-    r_n, r_b = ctc_prefix_start(logp_ctc, model.audio_id)  # (T + 1, live): each hypothesis's CTC state
+    if spelling == "chars":  # (T * char_up, letters); blank 0; a token is its characters
+        logp_ctc, blank, (first, later) = model.char_spelling(feats.to(device)).double().cpu(), 0, model.token_chars
+    else:  # (T, vocab); the blank is the audio placeholder; a token is itself
+        logp_ctc, blank = model.spelling(feats.to(device)).double().cpu(), model.audio_id
+        first = later = [[v] for v in range(logits.size(-1))]
+    r_n, r_b = ctc_prefix_start(logp_ctc, blank)  # (T + 1, live): each hypothesis's CTC state
     hyps, att = [[]], torch.zeros(1, dtype=torch.float64)  # tokens and Thinker log-probability of each
+    last = torch.tensor([-1])  # each hypothesis's last CTC label (-1: none yet)
     ended: list[tuple[float, list[int]]] = []
     for step in range(n_new):
         lp = logits.double().cpu().log_softmax(-1)
         lp[:, model.audio_id] = NEG  # the placeholder is the spelling's blank, never written
         top = lp.topk(min(candidates, lp.size(1)), dim=-1).indices  # (live, candidates)
-        last = torch.tensor([h[-1] if h else -1 for h in hyps])
         done = top == eos_id
         for i in done.any(1).nonzero()[:, 0].tolist():  # h + eos: the frames must spell h and nothing more
             final = ctc_full_score(r_n[:, i:i + 1], r_b[:, i:i + 1]).item()
             ended.append(((1 - w) * (att[i] + lp[i, eos_id]).item() + w * final + length_bonus * len(hyps[i]),
                           hyps[i]))
-        parent, label = (~done & (top != model.audio_id)).nonzero(as_tuple=True)
+        spells = first if step == 0 else later
+        spellable = torch.tensor([[spells[v] is not None for v in row] for row in top.tolist()], dtype=torch.bool)
+        parent, label = (~done & (top != model.audio_id) & spellable).nonzero(as_tuple=True)
         label = top[parent, label]
-        psi, r_n, r_b = ctc_prefix_extend(logp_ctc, model.audio_id, r_n[:, parent], r_b[:, parent], last[parent], label)
+        if not len(label):
+            break
+        psi, r_n, r_b, last = ctc_prefix_extend_strings(logp_ctc, blank, r_n[:, parent], r_b[:, parent], last[parent],
+                                                        [spells[v] for v in label.tolist()])
         att_new = att[parent] + lp[parent, label]
         score = (1 - w) * att_new + w * psi + length_bonus * (len(hyps[0]) + 1)  # every hypothesis is as long
         keep = score.topk(min(beam, len(score))).indices
-        if not len(keep) or (ended and max(s for s, _ in ended) >= score[keep[0]].item()):
+        if ended and max(s for s, _ in ended) >= score[keep[0]].item():
             break
         parent, label = parent[keep], label[keep]
         hyps = [hyps[p] + [c] for p, c in zip(parent.tolist(), label.tolist())]
-        att, r_n, r_b = att_new[keep], r_n[:, keep], r_b[:, keep]
+        att, r_n, r_b, last = att_new[keep], r_n[:, keep], r_b[:, keep], last[keep]
         rows = parent.to(device)
         cache.k, cache.v = [k[rows] for k in cache.k], [v[rows] for v in cache.v]  # each hypothesis's past
         logits = thinker(label[:, None].to(device), kv_cache=cache, start_pos=len(prompt) + step)[0][:, -1]
@@ -289,6 +355,8 @@ def build(inherited: dict, projector: ProjectorConfig, tok: Tokenizer) -> tuple[
                       from_dict(VisionConfig, inherited["vision"], "stage C config"),
                       from_dict(AudioEncoderConfig, inherited["audio"], "stage B config"),
                       projector, template.image_id, template.audio_id)
+    if model.audio_chars > 0:
+        model.token_chars = token_chars(tok)
     return model, template
 
 

@@ -58,6 +58,8 @@ class ProjectorConfig:
     linear: list[str] = field(default_factory=list)  # modalities ("image", "audio") projected by one linear layer
     init: str = "normal"  # output layer's start: "normal" (std 0.02) or "orthogonal" (keeps every direction's length)
     audio_ctc: float = 0.0  # weight of a CTC loss: the projected audio frames spell what is said in Thinker tokens
+    audio_chars: float = 0.0  # weight of a CTC loss: the audio frames the projector reads spell what is said in
+    # characters (stage B's alphabet, through a linear head of stage E's own), for transcribe.spelling "chars"
     audio_context: int = 0  # audio frames on each side stacked with each frame at the projector's input (0 = alone)
     audio_tokens: bool = False  # audio frames enter as token embeddings weighted by their spelling (LegoSLM)
 
@@ -66,8 +68,9 @@ class ProjectorConfig:
             raise ValueError(f"ProjectorConfig.hidden must be at least 1, got {self.hidden}")
         if set(self.linear) - {"image", "audio"}:
             raise ValueError(f"ProjectorConfig.linear: modalities are 'image' and 'audio', got {self.linear}")
-        if self.audio_ctc < 0:
-            raise ValueError(f"ProjectorConfig.audio_ctc must be >= 0, got {self.audio_ctc}")
+        if self.audio_ctc < 0 or self.audio_chars < 0:
+            raise ValueError(f"ProjectorConfig.audio_ctc and audio_chars must be >= 0, got {self.audio_ctc}, "
+                             f"{self.audio_chars}")
         if self.audio_context < 0:
             raise ValueError(f"ProjectorConfig.audio_context must be >= 0, got {self.audio_context}")
         if self.audio_tokens and not self.audio_ctc:

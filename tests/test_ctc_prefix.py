@@ -7,11 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omni.audio_encoder import AudioEncoderConfig
-from omni.ctc_prefix import ctc_full_score, ctc_prefix_extend, ctc_prefix_start
-from omni.omni_model import OmniModel, TranscribeConfig, transcribe
+from omni.audio_encoder import AudioEncoderConfig, CharVocab
+from omni.chat_template import ChatTemplate
+from omni.ctc_prefix import ctc_full_score, ctc_prefix_extend, ctc_prefix_extend_strings, ctc_prefix_start
+from omni.omni_model import OmniModel, TranscribeConfig, token_chars, transcribe
 from omni.projector import ProjectorConfig
+from omni.speech_data import normalize
 from omni.thinker import ThinkerConfig
+from omni.tokenizer import train_tokenizer
 from omni.vision import VisionConfig
 
 
@@ -82,3 +85,57 @@ def test_with_the_spelling_weighed_in_an_untrained_thinker_writes_what_the_frame
     assert len(transcribe(model, prompt, feats, eos, 12, beam=4, ctc_weight=0.0, length_bonus=100.0)) == 12
     with pytest.raises(ValueError, match="ctc_weight"):
         TranscribeConfig(ctc_weight=1.5)
+
+
+def test_extensions_by_strings_equal_one_label_at_a_time():
+    """Three prefixes extended at once by strings of 1, 3 and 2 labels (a token spelled in characters)
+    reach the same prefix scores and states as extending each by one label after another."""
+    torch.manual_seed(2)
+    logp = torch.randn(9, 5, dtype=torch.float64).log_softmax(-1)
+    r_n, r_b = ctc_prefix_start(logp, blank=0)
+    strings = [[3], [1, 1, 2], [4, 3]]
+    psi, n_all, b_all, last = ctc_prefix_extend_strings(logp, 0, r_n.expand(-1, 3), r_b.expand(-1, 3),
+                                                        torch.full((3,), -1), strings)
+    assert last.tolist() == [3, 2, 3]
+    for m, string in enumerate(strings):
+        n, b, prev = r_n, r_b, torch.tensor([-1])
+        for c in string:
+            one, n, b = ctc_prefix_extend(logp, 0, n, b, prev, torch.tensor([c]))
+            prev = torch.tensor([c])
+        assert torch.allclose(psi[m], one[0]) and torch.allclose(n_all[:, m], n[:, 0])
+        assert torch.allclose(b_all[:, m], b[:, 0])
+
+
+def test_with_a_character_spelling_the_thinker_writes_the_tokens_that_spell_what_is_said(tmp_path):
+    """spelling "chars": the second opinion reads characters, and a token counts by its letters.
+    A real tokenizer's tokens (token_chars), slots that clearly spell "a red star", an untrained Thinker:
+    the hybrid decoder writes tokens that read "a red star", whichever pieces they are."""
+    tok = train_tokenizer(["A red star and a blue square at the top left, she said."] * 50, tmp_path / "t.model", 300)
+    first, later = token_chars(tok)
+    vocab = CharVocab()
+    ids = tok.encode("A red star")  # upper case reads as lower case; the first token's leading space is dropped
+    assert first[ids[0]] + [c for i in ids[1:] for c in later[i]] == vocab.encode("a red star")
+    assert later[tok.encode("left,")[-1]] is None  # a comma: no transcript has one
+    template = ChatTemplate(tok)
+    torch.manual_seed(0)
+    th = ThinkerConfig(vocab_size=tok.vocab_size, d_model=16, n_layer=1, n_head=2, n_kv_head=1, max_seq_len=96)
+    model = OmniModel(th, VisionConfig(d_model=16, n_layer=1, n_head=2, merge_dim=16),
+                      AudioEncoderConfig(d_model=16, n_layer=1, n_head=2, d_ff=32, ctc_upsample=2),
+                      ProjectorConfig(hidden=32, audio_chars=1.0), image_id=template.image_id,
+                      audio_id=template.audio_id).eval()
+    model.token_chars = (first, later)
+    said = [c for ch in "a red star" for c in (vocab.index[ch], 0)]  # slot by slot: each letter, then a blank
+    spelling = torch.full((len(said), len(vocab)), -12.0)
+    spelling[torch.arange(len(said)), torch.tensor(said)] = 0.0
+    model.char_spelling = lambda feats: spelling.log_softmax(-1)
+    feats = torch.randn(len(said) // 2, model.audio_width)
+    prompt = [template.im_start] + [template.audio_id] * len(feats) + [template.im_end]
+    wrote = transcribe(model, prompt, feats, template.im_end, 12, beam=4, ctc_weight=0.9, candidates=tok.vocab_size,
+                       spelling="chars")
+    assert normalize(tok.decode(wrote)) == "a red star"
+    # the loss behind it: a head on the projected frames, CTC over characters, finite and learnable
+    model.char_spelling = OmniModel.char_spelling.__get__(model)
+    text = torch.tensor(vocab.encode("a red star"))
+    loss = model.char_loss(torch.randn(8, model.audio_width), text, torch.tensor([len(text)]), torch.tensor([8]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.char_head.weight.grad.abs().sum() > 0

@@ -13,7 +13,7 @@ import torch
 
 from omni import omni_data, shapes, speech_data
 from omni.audio import FrontEndConfig
-from omni.audio_encoder import AudioCTC, AudioEncoderConfig
+from omni.audio_encoder import AudioCTC, AudioEncoderConfig, CharVocab
 from omni.chat_template import AUDIO, IMAGE, ChatTemplate, collate, splice, user_parts
 from omni.clip import CLIP, ClipConfig, TextConfig
 from omni.codec import Codec, CodecConfig
@@ -193,17 +193,17 @@ def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
     data.asr_clips spread over them; a spell batch's token tensors are empty."""
     _, tok, _ = world
     d = object.__new__(omni_data.OmniData)  # only what turn() and batch() read
-    d.t, d.seed, d.B, d.dims = ChatTemplate(tok), 0, 4, (4, 6)
+    d.t, d.seed, d.B, d.dims, d.vocab = ChatTemplate(tok), 0, 4, (4, 6), CharVocab()
     d.cfg = omni_data.OmniDataConfig(shares={"spell": 1}, batch_scale={"spell": 2})
     texts = ["a small red circle", "she was not at home", "they walked to the village"]
     d.asr, d.asr_weights = {"train": (texts, [torch.full((3 + k, 6), float(k)) for k in range(3)])}, None
     d.asr_idx = omni_data.spread(3, 1)  # data.asr_clips = 1: the first clip
-    x, y, mask, img, aud, (words, n_words, n_frames) = d.batch(0)
+    x, y, mask, img, aud, (words, n_words, n_frames, chars, n_chars) = d.batch(0)
     assert x.shape == y.shape == mask.shape == (8, 0) and img.shape == (0, 4)
     assert len(n_frames) == 8 and aud.shape == (int(n_frames.sum()), 6)
-    for w, f in zip(words.split(n_words.tolist()), aud.split(n_frames.tolist())):
+    for w, c, f in zip(words.split(n_words.tolist()), chars.split(n_chars.tolist()), aud.split(n_frames.tolist())):
         j = int(f[0, 0])  # the clip's index, written in its frames
-        assert len(f) == 3 + j and w.tolist() == d.t.text_ids(texts[j])
+        assert len(f) == 3 + j and w.tolist() == d.t.text_ids(texts[j]) and d.vocab.decode(c.tolist()) == texts[j]
     spelled = {int(f[0, 0]) for i in range(10) for f in d.batch(i)[4].split(d.batch(i)[5][2].tolist())}
     assert spelled == {0, 1, 2}  # every clip, though transcription turns would draw from one only
     assert {d.turn("asr", torch.Generator().manual_seed(i))[4][0][0] for i in range(10)} == {3}
@@ -290,8 +290,10 @@ def test_loss_mask_covers_the_assistant_tokens_only(world):
 
 def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, world):
     flags, _, d = world
-    # transcripts by hybrid CTC/attention decoding: the frames' spelling (audio_ctc) beside the Thinker
-    m = run_stage("sft_omni", tmp_path, *flags, "--projector.audio_ctc=1", "--transcribe.ctc_weight=0.7")
+    # transcripts by hybrid CTC/attention decoding: the frames' spelling in characters (audio_chars) beside
+    # the Thinker; the spelling in tokens (audio_ctc) trains too
+    m = run_stage("sft_omni", tmp_path, *flags, "--projector.audio_ctc=1", "--projector.audio_chars=1",
+                  "--transcribe.ctc_weight=0.7", "--transcribe.spelling=chars", "--transcribe.candidates=16")
     for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer",
               "spoken_answers", "spoken_answers_cer", "spoken_answers_espeak", "spoken_answers_espeak_cer"):
         assert k in m and m[k] >= 0, k
@@ -316,6 +318,7 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
                 assert torch.equal(state["model"][k], v), k
     projectors = [k for k in p1["model"] if k.startswith("projectors.")]
     assert any(not torch.equal(p1["model"][k], p2["model"][k]) for k in projectors)
+    assert not torch.equal(p1["model"]["char_head.weight"], p2["model"]["char_head.weight"])  # the spelling learns
     # the chat command answers from the stage E checkpoint, about a test picture and a spoken question
     picture = d / "shapes" / "test" / "000000.png"
     clip = next((d / "spoken" / "wav").glob("*.wav"))
@@ -356,6 +359,10 @@ def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
     assert "transcribe.ctc_weight: 0.7 weighs the audio frames' spelling, which nothing trains" in r.stderr
+    r = subprocess.run(base + ["--transcribe.ctc_weight=0.7", "--transcribe.spelling=chars"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
+    assert "transcribe.spelling: 'chars' weighs the frames' spelling in characters, which nothing trains" in r.stderr
     r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-800:]
     assert "held-out: typed" in r.stdout
