@@ -290,8 +290,7 @@ def test_loss_mask_covers_the_assistant_tokens_only(world):
 
 def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, world):
     flags, _, d = world
-    # transcripts by hybrid CTC/attention decoding: the frames' spelling in characters (audio_chars) beside
-    # the Thinker; the spelling in tokens (audio_ctc) trains too
+    # transcripts by hybrid CTC/attention decoding: the frames' spelling in characters beside the Thinker
     m = run_stage("sft_omni", tmp_path, *flags, "--projector.audio_ctc=1", "--projector.audio_chars=1",
                   "--transcribe.ctc_weight=0.7", "--transcribe.spelling=chars", "--transcribe.candidates=16")
     for k in ("qa", "spoken", "qa_count", "qa_yesno", "spoken_colour", "asr_cer", "bpb", "ref_bpb", "ref_cer",
@@ -345,24 +344,19 @@ def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
 
 
 def test_the_tiny_configs_order_and_named_cells_train_and_a_misuse_is_one_clear_line(tmp_path, world):
-    """configs/omni_tiny.json's three switches: the question before the picture, cells started at their
-    names, the audio frames' CTC. The debug run trains with all three; named cells without cell
-    vectors, and transcripts decoded with a spelling that nothing trains, are refused in one line."""
+    """configs/omni_tiny.json's switches (the question first, named cells, the frames' CTC) train; named cells
+    without cell vectors, and transcripts decoded with a spelling that nothing trains, are one clear line."""
     flags, _, _ = world
     base = [sys.executable, "sft_omni.py", "--debug", *flags, f"--train.out_dir={tmp_path}",
             "--data.question_first=true", "--projector.image_pos_names=true", "--projector.audio_ctc=1"]
-    r = subprocess.run(base + ["--projector.image_pos=false"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
-    assert "projector.image_pos_names: needs projector.image_pos" in r.stderr
-    # decoding with the frames' spelling, when nothing trains that spelling
-    r = subprocess.run(base + ["--projector.audio_ctc=0", "--transcribe.ctc_weight=0.7"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
-    assert "transcribe.ctc_weight: 0.7 weighs the audio frames' spelling, which nothing trains" in r.stderr
-    r = subprocess.run(base + ["--transcribe.ctc_weight=0.7", "--transcribe.spelling=chars"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-800:]
-    assert "transcribe.spelling: 'chars' weighs the frames' spelling in characters, which nothing trains" in r.stderr
+    for wrong, said in ((["--projector.image_pos=false"], "projector.image_pos_names: needs projector.image_pos"),
+                        # decoding with the frames' spelling, in tokens or in characters, when nothing trains it
+                        (["--projector.audio_ctc=0", "--transcribe.ctc_weight=0.7"],
+                         "transcribe.ctc_weight: 0.7 weighs the audio frames' spelling, which nothing trains"),
+                        (["--transcribe.ctc_weight=0.7", "--transcribe.spelling=chars"],
+                         "transcribe.spelling: 'chars' weighs the frames' spelling in characters, which nothing")):
+        r = subprocess.run(base + wrong, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr[-800:]
     r = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-800:]
     assert "held-out: typed" in r.stdout
