@@ -174,6 +174,10 @@ def main(cfg: OmniStageConfig) -> dict:
         print(f"parameters, {name}: {count(plan):,} trainable / {n_total:,} total (frozen: "
               + ", ".join(k for k, v in plan.items() if v == 0) + ")")
 
+    def partial(shares: dict) -> bool:  # some batches leave trainable parameters unused: DDP must look for them
+        return shares.get("spell", 0) > 0 or cfg.projector.audio_chars > 0  # (spell rows: the Thinker; a batch
+        # without clips: the letter head)
+
     def loss_fn(m, batch):
         return m(*batch)[1], {}
 
@@ -213,12 +217,12 @@ def main(cfg: OmniStageConfig) -> dict:
               f"-> {p1.out_dir}")
         phase1_seconds = fit(Task(model, lambda i: data.batch(i, cfg.phase1.shares), loss_fn, evaluate, "qa", "max",
                                   lambda b: b[0].numel(), "tok", stage="E",
-                                  partial=(cfg.phase1.shares or cfg.data.shares).get("spell", 0) > 0),
+                                  partial=partial(cfg.phase1.shares or cfg.data.shares)),
                              p1, full)["train_seconds"]
     model.requires_grad_(True)  # fit freezes by setting requires_grad off: phase 1's plan must not carry over
     print(f"phase 2: {cfg.train.max_steps} steps, projectors and Thinker learn -> {cfg.train.out_dir}")
     task = Task(model, lambda i: data.batch(i + offset), loss_fn, evaluate, best_metric="qa", best_mode="max",
-                count=lambda b: b[0].numel(), unit="tok", stage="E", partial=cfg.data.shares.get("spell", 0) > 0)
+                count=lambda b: b[0].numel(), unit="tok", stage="E", partial=partial(cfg.data.shares))
     final = fit(task, cfg.train, full)
 
     # 6. Final evaluation and summary ------------------------------------------------------------

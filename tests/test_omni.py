@@ -209,15 +209,15 @@ def test_a_spell_row_is_a_clip_alone_drawn_from_every_clip(world):
     assert {d.turn("asr", torch.Generator().manual_seed(i))[4][0][0] for i in range(10)} == {3}
 
 
-def test_spell_rows_train_under_torchrun(tmp_path, world):
-    """A spell batch leaves the Thinker without a gradient: DDP (two processes, gloo on CPU) is told
-    to look for unused parameters (Task.partial), else it stops at the next step."""
+def test_spell_rows_and_the_letter_head_train_under_torchrun(tmp_path, world):
+    """Spell rows leave the Thinker without a gradient (phase 1), a batch without clips the letter head
+    (phase 2): DDP (2 processes, gloo) must look for unused parameters (Task.partial), else it hangs."""
     flags, _, _ = world
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                         "sft_omni.py", "--debug", *flags, "--init.talker=", "--train.device=cpu",
-                        '--phase1.shares={"spell": 1}', '--data.shares={"spell": 1, "image_qa": 1}',
-                        f"--train.out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        '--phase1.shares={"spell": 1}', '--data.shares={"asr": 1, "image_qa": 1}',
+                        "--projector.audio_chars=1", f"--train.out_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("held-out: typed") == 1  # only rank 0 prints
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 6
