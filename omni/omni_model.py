@@ -39,6 +39,15 @@ from omni.tokenizer import Tokenizer
 from omni.vision import VisionConfig, VisionEncoder
 
 
+def by_clip(rows: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """(sum n, V) rows of several clips in order, n (clips,) rows each -> (max n, clips, V), the layout
+    F.ctc_loss reads, by one gather: past its end a clip repeats its last row, which CTC never reads
+    (pad_sequence would do the same, but its backward copies the whole tensor once per clip)."""
+    start = n.cumsum(0) - n
+    t = torch.arange(int(n.max()), device=n.device)[:, None]
+    return rows[start + torch.minimum(t, n - 1)]
+
+
 class OmniModel(nn.Module):
     def __init__(self, thinker: ThinkerConfig, vision: VisionConfig, audio: AudioEncoderConfig,
                  projector: ProjectorConfig, image_id: int, audio_id: int):
@@ -128,11 +137,7 @@ class OmniModel(nn.Module):
         the way typed words arrive. Speech-LLaMA (Wu et al. 2023, arXiv:2307.03917) and LegoSLM (Ma
         et al. 2025, arXiv:2505.11352) join a speech encoder to a language model through CTC over
         the language model's tokens in the same spirit."""
-        # (T_max, n, vocab) by one gather: past its end a clip repeats its last frame, which CTC never reads
-        # (pad_sequence would do the same, but its backward copies the whole tensor once per clip)
-        start = n_frames.cumsum(0) - n_frames
-        t = torch.arange(int(n_frames.max()), device=n_frames.device)[:, None]
-        logp = self.spelling(audio_feats)[start + torch.minimum(t, n_frames - 1)]
+        logp = by_clip(self.spelling(audio_feats), n_frames)
         return F.ctc_loss(logp, words, n_frames, n_words, blank=self.audio_id, zero_infinity=True)
 
     def char_spelling(self, audio_feats) -> torch.Tensor:
@@ -150,10 +155,8 @@ class OmniModel(nn.Module):
         the Thinker's tokens rarely held (transcribe, spelling "chars"). Only char_head learns from it.
         chars (S,): the character ids of every clip's text, n_chars (n,) per clip; n_frames (n,) per clip."""
         slots = n_frames * self.char_up
-        start = slots.cumsum(0) - slots
-        t = torch.arange(int(slots.max()), device=slots.device)[:, None]
-        logp = self.char_spelling(audio_feats)[start + torch.minimum(t, slots - 1)]
-        return F.ctc_loss(logp, chars, slots, n_chars, blank=0, zero_infinity=True)
+        return F.ctc_loss(by_clip(self.char_spelling(audio_feats), slots), chars, slots, n_chars, blank=0,
+                          zero_infinity=True)
 
     def said_loss(self, audio_feats, said, weight: float) -> torch.Tensor:
         """weight x spell_loss, plus audio_chars x char_loss when that is on; said = (words, n_words,
