@@ -14,8 +14,12 @@ that reads the projected features as if they were words. The encoders stay froze
 so their outputs for the training data are computed once (`encode_images`, `encode_audio`) and
 training runs only the projectors and the Thinker.
 
-Parameter names start with "thinker.", "vision.", "audio." or "projectors.": these are the
-prefixes a freeze plan (train.lr_scale) names. `from_stages` builds the model from the three
+Transcripts can be decoded with a second opinion beside the Thinker (`transcribe`): a CTC
+spelling of the audio frames, in the Thinker's tokens (`spelling`) or in stage B's letters
+(`char_spelling`, a linear head on the frames the audio projector reads, projector.audio_chars).
+
+Parameter names start with "thinker.", "vision.", "audio.", "projectors." or "char_head.": the
+first four are the prefixes a freeze plan (train.lr_scale) names. `from_stages` builds the model from the three
 stage checkpoints, `load_omni` from a stage E checkpoint (which carries every inherited config).
 """
 from __future__ import annotations
