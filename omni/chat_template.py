@@ -115,3 +115,21 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch
         y[b, :n] = torch.tensor(ids[1:])
         m[b, :n] = torch.tensor(mask[1:])
     return x, y, m
+
+
+def length_groups(ends: torch.Tensor, min_saving: float = 0.1) -> list[torch.Tensor]:
+    """A padded batch's rows in groups of similar length, so that each group runs trimmed to its own
+    longest row and the padding that collate added is mostly never computed (the idea of length
+    bucketing, applied inside one batch: the rows and the loss stay the same). ends (B,): how many
+    positions of each row matter. Rows sorted longest first are cut in two where that drops the
+    most positions, as long as it drops at least min_saving of the whole batch's (B x longest);
+    then each part likewise. Returns the groups' row indices, each group longest first."""
+    least = min_saving * len(ends) * int(ends.max())
+
+    def cut(rows: torch.Tensor) -> list[torch.Tensor]:
+        n = ends[rows]
+        saved = (len(rows) - torch.arange(len(rows))) * (n[0] - n)  # cut before row i: rows i.. end at n[i]
+        i = int(saved.argmax())
+        return [rows] if saved[i] < least or saved[i] == 0 else cut(rows[:i]) + cut(rows[i:])
+
+    return cut(ends.argsort(descending=True, stable=True))

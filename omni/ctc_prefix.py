@@ -58,21 +58,29 @@ def ctc_prefix_extend(logp: torch.Tensor, blank: int, r_n: torch.Tensor, r_b: to
 
 
 def ctc_prefix_extend_strings(logp: torch.Tensor, blank: int, r_n: torch.Tensor, r_b: torch.Tensor,
-                              last: torch.Tensor, strings: list[list[int]]):
+                              last: torch.Tensor, strings: list[list[int]], parent: torch.Tensor | None = None):
     """As ctc_prefix_extend, but extension m appends a whole string of labels, strings[m] (non-empty): a
-    Thinker token spelled in characters. One label position at a time, for every extension whose
-    string is that long. Returns psi (M,) of each g + string, the state of each, and each one's new
-    last label (M,)."""
-    lens = torch.tensor([len(s) for s in strings])
-    r_n, r_b, last = r_n.clone(), r_b.clone(), last.clone()
-    psi = torch.full((len(strings),), NEG, dtype=logp.dtype)
-    for k in range(int(lens.max())):
-        going = (lens > k).nonzero()[:, 0]  # the extensions with a k-th label
-        label = torch.tensor([strings[m][k] for m in going.tolist()])
-        psi[going], r_n[:, going], r_b[:, going] = ctc_prefix_extend(logp, blank, r_n[:, going], r_b[:, going],
-                                                                     last[going], label)
-        last[going] = label
-    return psi, r_n, r_b, last
+    Thinker token spelled in characters. r_n, r_b (T + 1, H), last (H,): the states of H prefixes;
+    parent (M,): the prefix extension m grows (default: prefix m, H = M). One label position at a time;
+    extensions of one prefix that share their first labels (" s", " sh", " she") share the work, each
+    distinct (prefix, labels so far) is scored once. Returns psi (M,) of each prefix + string, the
+    state (T + 1, M) of each, and each one's new last label (M,)."""
+    M = len(strings)
+    col = list(range(M)) if parent is None else parent.tolist()  # each extension's node so far
+    psi = torch.full((M,), NEG, dtype=logp.dtype)
+    out_n, out_b = r_n.new_empty(r_n.size(0), M), r_b.new_empty(r_b.size(0), M)
+    for k in range(max(len(s) for s in strings)):
+        going = [m for m in range(M) if len(strings[m]) > k]  # the extensions with a k-th label
+        node = {}  # (node so far, k-th label) -> its index among this position's distinct nodes
+        for m in going:
+            col[m] = node.setdefault((col[m], strings[m][k]), len(node))
+        src, label = torch.tensor(list(node)).T
+        p, r_n, r_b = ctc_prefix_extend(logp, blank, r_n[:, src], r_b[:, src], last[src], label)
+        last = label
+        ends = [m for m in going if len(strings[m]) == k + 1]
+        at = torch.tensor([col[m] for m in ends], dtype=torch.long)
+        psi[ends], out_n[:, ends], out_b[:, ends] = p[at], r_n[:, at], r_b[:, at]
+    return psi, out_n, out_b, torch.tensor([s[-1] for s in strings])
 
 
 def ctc_full_score(r_n: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:

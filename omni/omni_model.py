@@ -32,7 +32,7 @@ from torch import nn
 
 from omni.audio import FrontEndConfig
 from omni.audio_encoder import AudioCTC, AudioEncoder, AudioEncoderConfig, CharVocab
-from omni.chat_template import ChatTemplate, splice
+from omni.chat_template import ChatTemplate, length_groups, splice
 from omni.checkpoint import load_stage_checkpoint, load_weights
 from omni.config import UserError, from_dict
 from omni.ctc_prefix import NEG, ctc_full_score, ctc_prefix_extend_strings, ctc_prefix_start
@@ -171,13 +171,28 @@ class OmniModel(nn.Module):
         return loss
 
     def forward(self, x, y, loss_mask, image_feats, audio_feats, said=None):
-        """Teacher-forced logits of the N tokens loss_mask counts (N, vocab) and their mean loss; with
-        audio_ctc > 0 and said = (words, n_words, n_frames, chars, n_chars) of the batch's clips
-        (OmniData.batch), the loss adds audio_ctc times their spell_loss (and audio_chars times their
-        char_loss). A batch with no tokens (OmniData's spell rows) is those losses alone: the Thinker does not run."""
+        """Teacher-forced logits of the N tokens loss_mask counts (N, vocab; by groups of rows, see below) and
+        their mean loss; with audio_ctc > 0 and said = (words, n_words, n_frames, chars, n_chars) of the batch's
+        clips (OmniData.batch), the loss adds audio_ctc times their spell_loss (and audio_chars times their
+        char_loss). A batch with no tokens (OmniData's spell rows) is those losses alone: the Thinker does not run.
+        Attention is causal, so a row's positions after its last counted one cannot change the loss: rows of
+        similar length run together, each group trimmed to its longest (length_groups; a quarter of stage
+        E's positions were padding)."""
         if not x.numel():
             return None, self.said_loss(audio_feats, said, 1.0)
-        logits, loss = self.thinker(embeds=self.embed(x, image_feats, audio_feats), targets=y, loss_mask=loss_mask)
+        e = self.embed(x, image_feats, audio_feats)
+        counted = (y != -100) & (loss_mask != 0)  # (B, T)
+        ends = (counted * torch.arange(1, x.size(1) + 1, device=x.device)).amax(1)  # last counted position + 1
+        n = counted.sum().clamp(min=1)
+        logits, loss = [], 0.0
+        for rows in length_groups(ends.cpu()):
+            rows, T = rows.to(x.device), int(ends[rows[0]])
+            if T == 0:  # rows with nothing counted
+                continue
+            part, part_loss = self.thinker(embeds=e[rows, :T], targets=y[rows, :T], loss_mask=loss_mask[rows, :T])
+            logits.append(part)
+            loss = loss + part_loss * counted[rows].sum() / n
+        logits = torch.cat(logits) if all(p is not None for p in logits) else None
         if (self.audio_ctc > 0 or self.audio_chars > 0) and said is not None and len(said[1]):
             loss = loss + self.said_loss(audio_feats, said, self.audio_ctc)
         return logits, loss
@@ -306,8 +321,8 @@ def transcribe(model: OmniModel, prompt: list[int], feats: torch.Tensor, eos_id:
         label = top[parent, label]
         if not len(label):
             break
-        psi, r_n, r_b, last = ctc_prefix_extend_strings(logp_ctc, blank, r_n[:, parent], r_b[:, parent], last[parent],
-                                                        [spells[v] for v in label.tolist()])
+        psi, r_n, r_b, last = ctc_prefix_extend_strings(logp_ctc, blank, r_n, r_b, last,
+                                                        [spells[v] for v in label.tolist()], parent)
         att_new = att[parent] + lp[parent, label]
         score = (1 - w) * att_new + w * psi + length_bonus * (len(hyps[0]) + 1)  # every hypothesis is as long
         keep = score.topk(min(beam, len(score))).indices

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from omni import ctc_prefix
 from omni.audio_encoder import AudioEncoderConfig, CharVocab
 from omni.chat_template import ChatTemplate
 from omni.ctc_prefix import ctc_full_score, ctc_prefix_extend, ctc_prefix_extend_strings, ctc_prefix_start
@@ -104,6 +105,31 @@ def test_extensions_by_strings_equal_one_label_at_a_time():
             prev = torch.tensor([c])
         assert torch.allclose(psi[m], one[0]) and torch.allclose(n_all[:, m], n[:, 0])
         assert torch.allclose(b_all[:, m], b[:, 0])
+
+
+def test_extensions_that_share_their_first_labels_share_the_work_and_the_result():
+    """Two prefixes, five strings; three of prefix 0 begin with the same labels (" s", " sh", " she").
+    Each distinct (prefix, labels so far) is scored once, and every result equals the string's own
+    extension, column by column."""
+    torch.manual_seed(3)
+    logp = torch.randn(12, 6, dtype=torch.float64).log_softmax(-1)
+    r_n, r_b = ctc_prefix_start(logp, blank=0)
+    n1, b1 = ctc_prefix_extend(logp, 0, r_n, r_b, torch.tensor([-1]), torch.tensor([2]))[1:]
+    states, lasts = (torch.cat([r_n, n1], 1), torch.cat([r_b, b1], 1)), torch.tensor([-1, 2])
+    strings, parent = [[1, 2, 3], [1, 2], [1, 4], [2, 2], [1, 2, 3]], torch.tensor([0, 0, 0, 1, 1])
+    scored = []
+    real = ctc_prefix.ctc_prefix_extend
+    ctc_prefix.ctc_prefix_extend = lambda *a: scored.append(len(a[-1])) or real(*a)
+    try:
+        psi, n_all, b_all, last = ctc_prefix_extend_strings(logp, 0, *states, lasts, strings, parent)
+    finally:
+        ctc_prefix.ctc_prefix_extend = real
+    assert scored == [3, 4, 2]  # (0, 1) (1, 2) (1, 1); then 1-2, 1-4, 2-2, 1-2 of prefix 1; then two 1-2-3
+    assert last.tolist() == [3, 2, 4, 2, 3]
+    for m, (string, p) in enumerate(zip(strings, parent.tolist())):
+        one, n, b = ctc_prefix_extend_strings(logp, 0, states[0][:, p:p + 1], states[1][:, p:p + 1],
+                                              lasts[p:p + 1], [string])[:3]
+        assert torch.equal(psi[m], one[0]) and torch.equal(n_all[:, m], n[:, 0]) and torch.equal(b_all[:, m], b[:, 0])
 
 
 def test_with_a_character_spelling_the_thinker_writes_the_tokens_that_spell_what_is_said(tmp_path):
