@@ -182,13 +182,11 @@ class OmniModel(nn.Module):
             return None, self.said_loss(audio_feats, said, 1.0)
         e = self.embed(x, image_feats, audio_feats)
         counted = (y != -100) & (loss_mask != 0)  # (B, T)
-        ends = (counted * torch.arange(1, x.size(1) + 1, device=x.device)).amax(1)  # last counted position + 1
+        ends = (counted * torch.arange(1, x.size(1) + 1, device=x.device)).amax(1).clamp(min=1)  # last counted + 1
         n = counted.sum().clamp(min=1)
         logits, loss = [], 0.0
         for rows in length_groups(ends.cpu()):
             rows, T = rows.to(x.device), int(ends[rows[0]])
-            if T == 0:  # rows with nothing counted
-                continue
             part, part_loss = self.thinker(embeds=e[rows, :T], targets=y[rows, :T], loss_mask=loss_mask[rows, :T])
             logits.append(part)
             loss = loss + part_loss * counted[rows].sum() / n

@@ -45,3 +45,7 @@ def test_the_grouped_loss_and_gradients_equal_the_whole_padded_batch():
     assert logits.shape == (int(mask.sum()), 40) and torch.allclose(grouped, whole, atol=1e-6)
     for name, grad in expected.items():
         assert torch.allclose(model.get_parameter(name).grad, grad, atol=1e-6), name
+    model.zero_grad()
+    logits, nothing = model(x, y, torch.zeros_like(mask), empty, feats)  # no row counts a token: loss 0, no NaN
+    nothing.backward()
+    assert logits.shape == (0, 40) and nothing.item() == 0
