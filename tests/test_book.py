@@ -95,3 +95,19 @@ def test_every_chapter_is_in_the_index():
     for p in sorted((ROOT / "chapters").glob("*.md")):
         if p.name != "README.md":
             assert f"({p.name})" in index, f"chapters/README.md does not link {p.name}"
+
+
+def test_runs_table_matches_its_logs():
+    """Chapter 10's table of main-job runs: each row's matmul peaks, wall clock and stage times are
+    the ones its log printed (the whole log, and the summary beside it where the peaks went)."""
+    rows = re.findall(r"^\| (\d+) \| [^|]+ \| (\d+) -> (\d+) \| (\d+) s \| ((?:\d+ \| ){6})[^|]+\| `logs/(\S+)` \|$",
+                      (ROOT / "chapters" / "10_main_job_runs.md").read_text(), re.M)
+    assert len(rows) >= 26, "chapter 10's table of runs is missing rows"
+    for run, before, after, wall, times, name in rows:
+        full = (ROOT / "chapters" / "logs" / name).read_text()
+        text = full + (ROOT / "chapters" / "logs" / name.replace("full_run", "summary")).read_text()
+        assert re.search(rf"before: matmul peak.*: {before} GFLOP/s", text), f"run {run}: peak before"
+        assert re.search(rf"after: matmul peak.*: {after} GFLOP/s", text), f"run {run}: peak after"
+        assert f"wall clock, install included: {wall}s" in text, f"run {run}: wall clock"
+        expected = [x.strip() for x in times.split("|") if x.strip()]
+        assert re.findall(r"^held-out.*\| (\d+)s$", full, re.M) == expected, f"run {run}: stage times"
