@@ -127,6 +127,8 @@ def main(cfg: OmniStageConfig) -> dict:
     model.eval()
     front_end = config.from_dict(FrontEndConfig, inherited["front_end"], cfg.init.audio)
     data = OmniData(cfg.data, model, template, front_end, cfg.train.seed, cfg.train.batch_size, cfg.phase1.shares)
+    if cfg.projector.image_words:  # each cell's token starts near the words that describe what is in it
+        model.projectors["image"].fit_words(*data.cell_words(model.thinker.tok_emb.weight.detach()))
     qa = data.qa_eval()
     asr_refs, asr_prompts = data.asr_eval()
     seq_len = inherited["text_data"].get("seq_len", 128)

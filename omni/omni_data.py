@@ -46,6 +46,7 @@ from omni.audio_encoder import CharVocab
 from omni.chat_template import AUDIO, ChatTemplate, collate, user_parts
 from omni.config import UserError
 from omni.paths import repo_path
+from omni.shapes import POSITIONS
 from omni.speech_data import TEST_ACCENTS, TEST_VARIANTS, _speak_shard, make_voices, normalize
 from omni.text_data import encode_stream, eval_windows, split_corpus
 from omni.vision import load_image_manifest
@@ -316,6 +317,26 @@ class OmniData:
         return torch.cat(feats) if feats else torch.zeros(0, self.dims[which])
 
     # -- held-out sets
+    def cell_words(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pictures' cell tokens (N * 9, d_vision) and what each should arrive as, (N * 9,
+        d_model): the mean of the Thinker's embeddings (table) of its object's size, colour and shape
+        (a word's own tokens averaged first), or of " empty" for a cell with nothing in it."""
+        words = {}
+
+        def emb(word: str) -> torch.Tensor:
+            if word not in words:
+                words[word] = table[self.t.text_ids(" " + word)].float().mean(0)
+            return words[word]
+
+        targets = []
+        for r in self.records["train"]:
+            cells = [emb("empty")] * len(POSITIONS)
+            for o in r["objects"]:
+                said = [emb(o[k]) for k in ("size", "colour", "shape")]
+                cells[POSITIONS.index(o["position"])] = torch.stack(said).mean(0)
+            targets += cells
+        return self.images["train"].flatten(0, 1), torch.stack(targets)
+
     def qa_eval(self) -> list[dict]:
         """Test questions (pictures with unseen colour-shape pairs), each with an unseen voice's clip."""
         items = [(k, qa["q"], qa["a"]) for k, r in enumerate(self.records["test"]) for qa in r["questions"]]

@@ -55,6 +55,8 @@ class ProjectorConfig:
     out_norm: bool = True  # RMS-norm the output, gain starting at the token embeddings' scale (False = raw MLP)
     image_pos: bool = True  # image projector: add a learned embedding per token position (cell) of the picture
     image_pos_names: bool = False  # cell vectors start at the Thinker's embedding of the cell's name ("top left")
+    image_words: bool = False  # the linear image map starts as the least-squares fit from a cell's token to the
+    # Thinker's embeddings of the words that describe what is in it (needs linear ["image"]; sft_omni.py fits it)
     linear: list[str] = field(default_factory=list)  # modalities ("image", "audio") projected by one linear layer
     init: str = "normal"  # output layer's start: "normal" (std 0.02) or "orthogonal" (keeps every direction's length)
     audio_ctc: float = 0.0  # weight of a CTC loss: the projected audio frames spell what is said in Thinker tokens
@@ -76,6 +78,8 @@ class ProjectorConfig:
         if self.audio_tokens and not self.audio_ctc:
             raise ValueError("ProjectorConfig.audio_tokens needs audio_ctc > 0: the spelling it reads is learned "
                              "by that loss")
+        if self.image_words and "image" not in self.linear:
+            raise ValueError("ProjectorConfig.image_words fits a linear image map: add 'image' to linear")
         if self.init not in ("normal", "orthogonal"):
             raise ValueError(f"ProjectorConfig.init must be 'normal' or 'orthogonal', got {self.init!r}")
 
@@ -120,6 +124,21 @@ class Projector(nn.Module):
                              f"{0 if self.pos is None else len(self.pos)} positions")
         for i, ids in enumerate(names):
             self.pos[i] = embeddings[ids].float().mean(0)
+
+    @torch.no_grad()
+    def fit_words(self, feats: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-2):
+        """Set a linear projector's map to the ridge least-squares fit of targets (N, d_model) from feats
+        (N, d_in): the encoder's tokens then arrive near the embeddings of the words that describe them,
+        as a cell name does with name_positions. The same idea as LegoSLM's audio frames as token
+        embeddings (Ma et al. 2025), fitted once instead of learned."""
+        if self.up is not None:
+            raise ValueError("fit_words: the projector must be linear (ProjectorConfig.linear)")
+        x = self.norm(feats.float())
+        x = torch.cat([x, x.new_ones(len(x), 1)], 1)  # (N, d_in + 1): the bias as a last input of ones
+        a = x.T @ x + ridge * len(x) * torch.eye(x.size(1))
+        w = torch.linalg.solve(a, x.T @ targets.float())  # (d_in + 1, d_model)
+        self.down.weight.copy_(w[:-1].T)
+        self.down.bias.copy_(w[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)

@@ -1,10 +1,13 @@
 """Stage E's projectors: output scale, cell positions, the linear and orthogonal variants, cells
-that start at their names' embeddings, and the audio projector's spelling (CTC), frames as token
-embeddings and frames with their neighbours."""
+that start at their names' embeddings, picture cells that start at the words describing them, and
+the audio projector's spelling (CTC), frames as token embeddings and frames with their neighbours."""
+import types
+
 import pytest
 import torch
 
 from omni.audio_encoder import AudioEncoderConfig
+from omni.omni_data import OmniData
 from omni.omni_model import OmniModel
 from omni.projector import Projector, ProjectorConfig
 from omni.thinker import ThinkerConfig
@@ -204,3 +207,40 @@ def test_audio_context_stacks_each_frame_beside_its_neighbours_within_its_clip()
         assert torch.allclose(model.centre(c), a) and torch.allclose(c.view(len(c), 5, 16)[-1, 4], a[-1])
     with pytest.raises(ValueError, match="audio_context"):
         ProjectorConfig(audio_context=-1)
+
+
+def test_fit_words_recovers_a_linear_map_and_needs_a_linear_projector():
+    """Targets that are an exact affine map of the normed features are fitted back (a tiny ridge; the
+    map itself is not unique, since a LayerNorm's outputs sum to zero, so its outputs are compared);
+    an MLP projector, or image_words without a linear image map, is refused."""
+    torch.manual_seed(0)
+    p = Projector(6, 4, ProjectorConfig(linear=["image"]), linear=True)
+    feats = torch.randn(500, 6) * 3 + 1
+    w, b = torch.randn(4, 6), torch.randn(4)
+    targets = p.norm(feats).detach() @ w.T + b
+    p.fit_words(feats, targets, ridge=1e-8)
+    with torch.no_grad():
+        assert torch.allclose(p.down(p.norm(feats)), targets, atol=1e-3)
+        assert not torch.allclose(Projector(6, 4, ProjectorConfig(), linear=True).down(p.norm(feats)), targets,
+                                  atol=1e-1)  # an unfitted map is far off
+    with pytest.raises(ValueError, match="linear"):
+        Projector(6, 4, ProjectorConfig(hidden=8)).fit_words(feats, targets)
+    with pytest.raises(ValueError, match="image_words"):
+        ProjectorConfig(image_words=True)
+
+
+def test_cell_words_targets_are_the_words_of_each_cell():
+    """A cell holding an object should arrive as the mean embedding of its size, colour and shape
+    (each word's tokens averaged first); an empty cell as the embedding of " empty"."""
+    table = torch.randn(20, 4)
+    ids = {" big": [1], " red": [2, 3], " star": [4], " empty": [5, 6]}
+    data = object.__new__(OmniData)  # only what cell_words reads: the records, the images, the template
+    data.t = types.SimpleNamespace(text_ids=lambda s: ids[s])
+    data.records = {"train": [{"objects": [{"size": "big", "colour": "red", "shape": "star", "position": "top"}]}]}
+    data.images = {"train": torch.randn(1, 9, 3)}
+    feats, targets = data.cell_words(table)
+    assert feats.shape == (9, 3) and targets.shape == (9, 4)
+    word = {w: table[i].mean(0) for w, i in ids.items()}
+    assert torch.allclose(targets[1], (word[" big"] + word[" red"] + word[" star"]) / 3)  # "top" is cell 1
+    for k in (0, *range(2, 9)):
+        assert torch.allclose(targets[k], word[" empty"])
