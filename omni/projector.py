@@ -135,7 +135,7 @@ class Projector(nn.Module):
             raise ValueError("fit_words: the projector must be linear (ProjectorConfig.linear)")
         x = self.norm(feats.float())
         x = torch.cat([x, x.new_ones(len(x), 1)], 1)  # (N, d_in + 1): the bias as a last input of ones
-        a = x.T @ x + ridge * len(x) * torch.eye(x.size(1))
+        a = x.T @ x + ridge * len(x) * torch.eye(x.size(1), device=x.device)
         w = torch.linalg.solve(a, x.T @ targets.float())  # (d_in + 1, d_model)
         self.down.weight.copy_(w[:-1].T)
         self.down.bias.copy_(w[-1])
