@@ -9,7 +9,8 @@
 The answer is written as it is generated (greedy, token by token with the KV cache). The command
 prints the time to the first word (from reading the inputs to the first token of the answer) and
 the whole answer's time. With a wav question it also prints what the Thinker hears in it (its own
-transcript, asked as a second turn, decoded as the run's config says: `transcribe`, chapter 8).
+transcript, asked as a second turn, decoded as the run's config says: `transcribe`, chapter 8); when
+the typed question is that transcription request, the transcript is the answer.
 
 Spoken answers come from stage D's Talker (--talker): it speaks the text answer, Griffin-Lim
 makes the wav (--out), and stage B's recogniser (--recogniser) prints what it hears in it, with
@@ -145,7 +146,13 @@ def run(model, template, front_end, args, question_first: bool = False,
         parts = user_parts(len(image), parts, question_first)
     prep = time.time() - t0
     print("answer: ", end="", flush=True)
-    text, first = answer(model, template, parts, image, audio, args.tokens)
+    if audio is not None and image is None and normalize(args.text or "") == normalize(ASR_PROMPT):
+        # A transcription turn: its answer is the transcript above, decoded as stage E's evaluation
+        # scores transcription (`transcribe`). Greedy decoding of the same turn can write another word.
+        text, first = heard.strip(), 0.0
+        print(text)
+    else:
+        text, first = answer(model, template, parts, image, audio, args.tokens)
     print(f"time to first word {prep + first:.3f}s (inputs {prep:.3f}s) | answer in {time.time() - t0:.3f}s")
     speak_answer(text, args.talker, args.recogniser, args.out, t0)
     return text

@@ -318,14 +318,14 @@ def test_sft_omni_debug_runs_end_to_end_and_the_freeze_plan_holds(tmp_path, worl
     projectors = [k for k in p1["model"] if k.startswith("projectors.")]
     assert any(not torch.equal(p1["model"][k], p2["model"][k]) for k in projectors)
     assert not torch.equal(p1["model"]["char_head.weight"], p2["model"]["char_head.weight"])  # the spelling learns
-    # the chat command answers from the stage E checkpoint, about a test picture and a spoken question
-    picture = d / "shapes" / "test" / "000000.png"
-    clip = next((d / "spoken" / "wav").glob("*.wav"))
-    r = subprocess.run([sys.executable, "-m", "omni.chat", "--checkpoint", str(tmp_path / "best.pt"), "--image",
-                        str(picture), "--audio", str(clip), "--talker", str(tmp_path / "no_talker.pt")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-800:]
-    assert "question heard as:" in r.stdout and "answer: " in r.stdout and "time to first word" in r.stdout
+    # the chat command: a spoken question about a test picture; "what did they say?" answered by the transcript
+    chat = [sys.executable, "-m", "omni.chat", "--checkpoint", str(tmp_path / "best.pt"), "--audio",
+            str(next((d / "spoken" / "wav").glob("*.wav"))), "--talker", str(tmp_path / "no_talker.pt")]
+    for extra in (["--image", str(d / "shapes" / "test" / "000000.png")], ["--text", "What did they say?"]):
+        r = subprocess.run(chat + extra, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        said = dict(line.split(": ", 1) for line in r.stdout.splitlines() if line.startswith(("question", "answer")))
+        assert r.returncode == 0 and "time to first word" in r.stdout and len(said) == 2, r.stdout + r.stderr[-800:]
+    assert said["answer"] == said["question heard as"], r.stdout[-800:]
 
 
 def test_spoken_answers_count_an_answer_only_when_heard_exactly_as_said():
