@@ -141,14 +141,15 @@ def codec_case(path: str, toy: bool) -> Case:
 
 
 def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Case:
-    """Stage D, second part: the Talker's teacher-forced loss on B clips of 8 words, 2 tokens and 6
-    code frames (0.24 s) a word, built with the stage's own collate (synthetic codes and tokens; a
-    random table, or with cond "hidden" a random frozen Thinker, stands in for stage A)."""
+    """Stage D, second part: the Talker's teacher-forced loss on B clips of 11 words, 17 tokens and 66
+    code frames (2.64 s), the voice set's mean clip (11.0 words, 17.3 tokens, 2.7 s), built with the
+    stage's own collate (synthetic codes and tokens; a random table, or with cond "hidden" a random
+    frozen Thinker, stands in for stage A)."""
     t = {**_json(path, "talker"), **{k: v for k, v in _json(codec_path, "codec").items()
                                      if k in ("n_codebooks", "codebook_size")}}
     B = _json(path, "train").get("batch_size", 16)
     m = config.from_dict(ThinkerConfig, _json(thinker_path, "model"), thinker_path)
-    W, per_word, frames = 8, 2, 6
+    W, frames = 11, 6
     if toy:
         t = {**t, "d_model": 16, "n_layer": 1, "n_head": 2, "text_layers": 1, "depth_d_model": 16,
              "n_codebooks": 2, "codebook_size": 8}
@@ -160,7 +161,8 @@ def talker_case(path: str, codec_path: str, thinker_path: str, toy: bool) -> Cas
     cfg = config.from_dict(TalkerConfig, t, path)
     g = torch.Generator().manual_seed(0)
     clips = type("Clips", (), {})()  # what collate reads of a TalkerSet, clip by clip
-    clips.tokens = [torch.randint(1, m.vocab_size, (W * per_word,), generator=g) for _ in range(B)]
+    per_word = torch.tensor([2, 1]).repeat(W)[:W]  # tokens of each word: 2, 1, 2, ... (17 for 11 words)
+    clips.tokens = [torch.randint(1, m.vocab_size, (int(per_word.sum()),), generator=g) for _ in range(B)]
     clips.tok_word = [torch.arange(W).repeat_interleave(per_word) for _ in range(B)]
     clips.tracks = [torch.arange(W).repeat_interleave(frames) for _ in range(B)]
     clips.codes = [torch.randint(0, cfg.codebook_size, (W * frames, cfg.n_codebooks), generator=g) for _ in range(B)]
