@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
@@ -103,8 +104,16 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"{path}: checkpoint not found")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, not a checkpoint, or one that holds code
-        raise UserError(f"{path}: cannot read this checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
+    except Exception as e:  # not a checkpoint, a truncated one, or one that holds code
+        if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut-off one loses its index
+            why = "not a PyTorch checkpoint, or one cut off while it was written (the stage scripts write best.pt, " \
+                  "latest.pt and step_*.pt)"
+        elif "Weights only load failed" in str(e):
+            why = "it holds objects other than tensors and plain values, which weights_only loading refuses " \
+                  "(written by another program?)"
+        else:
+            why = f"damaged ({type(e).__name__})"
+        raise UserError(f"{path}: cannot read this checkpoint: {why}") from None
 
 
 def checkpoint_stage(state: dict) -> str:

@@ -139,7 +139,13 @@ def test_compile_without_a_cpp_compiler_is_one_clear_line(tmp_path, monkeypatch)
 def test_broken_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "step_000001.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot read this checkpoint"):
+    with pytest.raises(UserError, match="cannot read this checkpoint: not a PyTorch checkpoint, or one cut off"):
+        checkpoint.load_checkpoint(bad)
+    torch.save({"step": 1, "task": TrainConfig()}, bad)  # a dataclass: code that weights_only refuses to run
+    with pytest.raises(UserError, match="cannot read this checkpoint: it holds objects other than tensors"):
+        checkpoint.load_checkpoint(bad)
+    bad.write_bytes(bad.read_bytes()[:200])  # a save cut off part-way
+    with pytest.raises(UserError, match="cannot read this checkpoint: not a PyTorch checkpoint, or one cut off"):
         checkpoint.load_checkpoint(bad)
     with pytest.raises(UserError, match="not found"):
         checkpoint.resolve_resume(str(tmp_path / "nope.pt"), tmp_path)
