@@ -24,6 +24,7 @@ from omni.codec import HOP, Codec, load_codec
 from omni.config import UserError, from_dict
 from omni.griffin_lim import mel_to_wav
 from omni.paths import repo_path
+from omni.speech_data import normalize
 from omni.talker import Talker, TalkerConfig, generate
 from omni.talker_data import FRAME_RATE, word_tokens
 from omni.thinker import Thinker, ThinkerConfig
@@ -91,9 +92,12 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--top_k", type=int, default=None, help="sample among the k most likely codes")
     ap.add_argument("--seed", type=int, default=0, help="seed for the sampling")
     args = ap.parse_args(argv)
-    text = " ".join(args.text.lower().split())
+    text = normalize(args.text)  # as the voice set's transcripts: lower-case words, inner apostrophes
     if not text:
-        raise UserError("text: nothing to say (give a sentence, e.g. \"a small red circle at the top\")")
+        raise UserError(f"text {args.text!r}: nothing to say in lower-case words (give a sentence, e.g. "
+                        "\"a small red circle at the top\")")
+    if text != " ".join(args.text.lower().split()):  # nothing left out silently
+        print(f"saying {text!r}: the Talker knows lower-case words only (digits and signs are left out)")
     out = repo_path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"--out {args.out}: folder {out.parent} does not exist")

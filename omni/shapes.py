@@ -290,7 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=48, help="picture side in pixels")
     p.add_argument("--family", type=int, default=4, help="training pictures per family (base + edits)")
     a = p.parse_args(argv)
-    from omni.config import writable_dir
+    from omni.config import UserError, writable_dir
+    for flag, value in (("--n-train", a.n_train), ("--n-val", a.n_val), ("--n-test", a.n_test),
+                        ("--image-size", a.image_size), ("--family", a.family)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
     from omni.paths import repo_path
     writable_dir(a.out)  # a folder that cannot be written is one line before any picture is drawn
     t0 = time.time()

@@ -111,3 +111,11 @@ def test_world_lines_hold_captions_questions_and_answers_but_no_held_out_pair():
     assert sum(line.startswith("a ") for line in lines) == 200  # one caption a picture
     for colour, shape in shapes.HELD_OUT:
         assert not any(f"{colour} {shape}" in line for line in lines), (colour, shape)
+
+
+@pytest.mark.parametrize("flag", ["--n-train", "--n-test", "--family"])
+def test_a_count_below_one_is_one_clear_line(tmp_path, flag):
+    r = subprocess.run([sys.executable, "-m", "omni.shapes", "--out", str(tmp_path), flag, "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {flag} 0: must be at least 1"
+    assert not list(tmp_path.iterdir())  # nothing drawn

@@ -3,8 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from omni.config import UserError
 from omni.paths import ROOT
 from omni.sample import load_thinker
 from omni.sample import main as sample_main
@@ -40,3 +42,6 @@ def test_saved_checkpoint_reloads_to_identical_logits_and_samples(tmp_path):
     assert torch.equal(a, b)
     text = sample_main([str(tmp_path / "best.pt"), "--prompt", "Emma", "--tokens", "5", "--temperature", "0"])
     assert text.startswith("Emma") and len(text) > len("Emma")
+    for flags, said in ((["--prompt", ""], "--prompt: nothing to continue"), (["--tokens", "0"], "--tokens: 0")):
+        with pytest.raises(UserError, match=said):  # a user's mistake: one clear line, not a traceback
+            sample_main([str(tmp_path / "best.pt"), *flags])

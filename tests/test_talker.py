@@ -275,9 +275,10 @@ def test_train_talker_debug_runs_end_to_end_and_say_speaks(tmp_path, stage_d):
     assert state["stage"] == "D-talker" and state["config"]["talker"]["n_codebooks"] == 2
     assert torch.equal(state["model"]["thinker_table"], torch.load(stage_d_table(stage_d), weights_only=True)
                        ["model"]["tok_emb.weight"])  # the Thinker's table stayed frozen
-    r = subprocess.run([sys.executable, "-m", "omni.say", str(out / "best.pt"), "a red circle",
+    r = subprocess.run([sys.executable, "-m", "omni.say", str(out / "best.pt"), "A red circle, 3 times!",
                         "--out", str(tmp_path / "hello.wav")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "saying 'a red circle times': the Talker knows lower-case words only" in r.stdout  # said what it drops
     assert "real-time factor" in r.stdout and sf.info(str(tmp_path / "hello.wav")).samplerate == 16000
 
 
@@ -291,6 +292,7 @@ def test_talker_phase_resume_is_exact(tmp_path, stage_d):
 
 @pytest.mark.parametrize("args, message", [
     (["   "], "nothing to say"),
+    (["42 %!"], "nothing to say in lower-case words"),
     (["a red circle", "--out", "/nonexistent_folder/x.wav"], "does not exist"),
 ])
 def test_say_mistakes_are_one_clear_line(tmp_path, args, message):
