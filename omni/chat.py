@@ -81,9 +81,13 @@ def speak_answer(text: str, talker: str, recogniser: str, out: str, t_start: flo
     from omni.say import load_talker, speak
     from omni.talker_data import FRAME_RATE
 
+    said = normalize(text)  # as the Talker's transcripts: lower-case words
+    if not said:
+        print(f"spoken answer: none (no words to say in {text!r})")
+        return None
     model, tok, codec, front_end = load_talker(talker)
     t0 = time.time()
-    spoken = speak(model, codec, tok, [" ".join(text.lower().split())], generator=torch.Generator().manual_seed(0))
+    spoken = speak(model, codec, tok, [said], generator=torch.Generator().manual_seed(0))
     wav = mel_to_wav(spoken["mels"][0], front_end)
     done = time.time()
     seconds = len(spoken["codes"][0]) / FRAME_RATE
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--recogniser", default="runs/audio_enc_tiny/best.pt", help="stage B model that checks the speech")
     p.add_argument("--demo", action="store_true", help="a held-out picture and a question spoken by an unseen voice")
     args = p.parse_args(argv)
+    if args.tokens < 1:
+        raise UserError(f"--tokens {args.tokens}: give at least 1")
     model, template, front_end, cfg = load_omni(args.checkpoint)
     question_first = cfg.get("data", {}).get("question_first", False)
     decode = from_dict(TranscribeConfig, cfg.get("transcribe", {"ctc_weight": 0.0}), args.checkpoint)  # older: greedy
