@@ -172,8 +172,9 @@ def parse_args(cls, argv: list[str] | None = None, debug: dict | None = None):
         _apply(cfg, key, value, cls, "command line")
     try:
         _validate(cfg)
-    except ValueError as e:
-        raise UserError(f"{config_file or 'config'}: {e}") from None
+    except ValueError as e:  # its message starts with the key it is about: name where that key was set
+        key = str(e).split(":", 1)[0]
+        raise UserError(f"{'command line' if key in dict(overrides) else config_file or 'config'}: {e}") from None
     return cfg
 
 

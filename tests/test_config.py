@@ -45,6 +45,16 @@ def test_mistakes_are_named(argv, words):
         assert w in str(e.value)
 
 
+def test_a_bad_value_names_where_it_was_set(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"model": {"n_kv_head": 3}}))
+    with pytest.raises(UserError, match=r"^.*c\.json: model\.n_kv_head: "):
+        parse_args(TextStageConfig, ["--config", str(f)])
+    f.write_text(json.dumps({"model": {"n_kv_head": 2}}))
+    with pytest.raises(UserError, match=r"^command line: model\.n_kv_head: "):
+        parse_args(TextStageConfig, ["--config", str(f), "--model.n_kv_head=3"])
+
+
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"train": {"lrr": 1.0}}))
