@@ -39,11 +39,12 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--seed", type=int, default=0, help="seed for the sampling")
     args = ap.parse_args(argv)
     if args.tokens < 1:
-        raise UserError(f"--tokens: {args.tokens}; give at least 1")
+        raise UserError(f"--tokens {args.tokens}: give at least 1")
     model, tok = load_thinker(args.checkpoint)
-    ids = torch.tensor([tok.encode(args.prompt)], dtype=torch.long)
-    if ids.size(1) == 0:
+    prompt = tok.encode(args.prompt)
+    if not prompt:
         raise UserError("--prompt: nothing to continue; give some text, e.g. --prompt \"It is a truth\"")
+    ids = torch.tensor([prompt])
     tokens = min(args.tokens, model.cfg.max_seq_len - ids.size(1))
     if tokens <= 0:
         raise UserError(f"--prompt: {ids.size(1)} tokens leave no room in max_seq_len={model.cfg.max_seq_len}")

@@ -42,6 +42,7 @@ def test_saved_checkpoint_reloads_to_identical_logits_and_samples(tmp_path):
     assert torch.equal(a, b)
     text = sample_main([str(tmp_path / "best.pt"), "--prompt", "Emma", "--tokens", "5", "--temperature", "0"])
     assert text.startswith("Emma") and len(text) > len("Emma")
-    for flags, said in ((["--prompt", ""], "--prompt: nothing to continue"), (["--tokens", "0"], "--tokens: 0")):
+    for flags, said in ((["--prompt", ""], "--prompt: nothing to continue"),
+                        (["--tokens", "0"], "--tokens 0: give at least 1")):
         with pytest.raises(UserError, match=said):  # a user's mistake: one clear line, not a traceback
             sample_main([str(tmp_path / "best.pt"), *flags])
