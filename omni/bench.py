@@ -5,6 +5,7 @@
     python -m omni.bench --gpu-configs            # on a GPU: the *_gpu / small configs, bf16 autocast
     python -m omni.bench --toy                    # toy sizes, seconds: checks the set-up
     python -m omni.bench --compile --stages A     # every row through torch.compile (train.compile)
+    python -m omni.bench --breakdown --stages A   # then where each step's time goes (CPU profiler)
 
 Per row: one training step (forward, backward, AdamW step) on one batch at the config's shapes, timed
 after warm-up; the median of several repeats. From it: units per second (tokens, seconds of audio,
@@ -42,14 +43,27 @@ from omni.trainer import compiled
 
 # ---------------------------------------------------------------- measuring
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")  # operator names
+
+
+def is_matmul(name: str) -> bool:
+    """A matmul or a convolution (im2col, a matmul too): the kernels that can approach the peak."""
+    return name in MATMULS or "conv" in name  # aten::mkldnn_convolution, _slow_conv2d_forward, ...
+ATTENTION = "aten::_scaled_dot_product"  # the prefix of every attention kernel's name, forward and backward
+
 
 def count_flops(fn: Callable[[], None]) -> int:
-    """FLOPs of everything `fn` runs, by torch.utils.flop_counter. Its registry misses CPU attention
-    (a kernel of its own) and in-place addmm_ (the Thinker's chunked loss): both are added here. And
-    every attention kernel is counted here with keys and values at the queries' head count: with
-    grouped-query attention the kernels get the n_kv_head heads unrepeated, which the registry of
-    PyTorch before 2.13 refuses (seen with 2.11 on a GPU machine), though each query head still does
-    its full products."""
+    """FLOPs of everything `fn` runs (see flops_by_op)."""
+    return sum(flops_by_op(fn).values())
+
+
+def flops_by_op(fn: Callable[[], None]) -> dict[str, int]:
+    """FLOPs of everything `fn` runs, per operator ("aten::mm": ...), by torch.utils.flop_counter. Its
+    registry misses CPU attention (a kernel of its own) and in-place addmm_ (the Thinker's chunked loss):
+    both are added here. And every attention kernel is counted here with keys and values at the queries'
+    head count: with grouped-query attention the kernels get the n_kv_head heads unrepeated, which the
+    registry of PyTorch before 2.13 refuses (seen with 2.11 on a GPU machine), though each query head
+    still does its full products."""
     def as_query_heads(q, kv):  # (B, H_kv, T, D) -> (B, H_q, T, D)
         return (*kv[:-3], q[-3], *kv[-2:])
 
@@ -70,7 +84,8 @@ def count_flops(fn: Callable[[], None]) -> int:
             extra[getattr(torch.ops.aten, name + "_backward")] = attention_backward
     with fc.FlopCounterMode(display=False, custom_mapping=extra) as counter:
         fn()
-    return counter.get_total_flops()
+    # the profiler's names for the same operators ("aten.mm" -> "aten::mm")
+    return {str(op).replace(".", "::", 1): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -141,7 +156,8 @@ class Row:
         _sync(device)
         self.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" \
             else max(0.0, _rss_mb("VmHWM") - base)  # what the model, optimizer, batch and activations added
-        self.flops = count_flops(lambda: self.forward_backward(self.model))  # the same FLOPs either way
+        self.op_flops = flops_by_op(lambda: self.forward_backward(self.model))  # the same FLOPs either way
+        self.flops = sum(self.op_flops.values())
         self.opt.zero_grad(set_to_none=True)
         self.times: list[float] = []
         self.data_times: list[float] = []
@@ -166,6 +182,38 @@ class Row:
             t = time.perf_counter()
             self.case.get_batch(len(self.times))
             self.data_times.append(time.perf_counter() - t)
+
+    def breakdown(self, peak: float, steps: int = 5) -> dict:
+        """Where a step's time goes, by torch.profiler on the CPU, in ms per step: the matmul (and
+        convolution) kernels, attention's, the optimizer (AdamW and zero_grad with all they call), and the
+        rest: elementwise passes, the loss, the autograd engine, Python, and the profiler's own cost. From
+        the FLOPs of each kind: the matmul kernels' own share of the peak, and the "ceiling", the share the
+        step would reach if only its matmuls and attention took time."""
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            for _ in range(steps):
+                self.step()
+            step_ms = (time.perf_counter() - t) * 1000 / steps
+        parts, others = {"matmul": 0.0, "attention": 0.0, "optimizer": 0.0}, {}
+        for e in prof.events():
+            ms, name, parent = e.self_cpu_time_total / 1000 / steps, e.name, e
+            while parent is not None and not parent.name.startswith("Optimizer."):
+                parent = parent.cpu_parent
+            kind = "optimizer" if parent is not None else "matmul" if is_matmul(name) \
+                else "attention" if name.startswith(ATTENTION) else None
+            if kind:
+                parts[kind] += ms
+            else:
+                name = "fused kernels (torch.compile)" if name.startswith("## Call CompiledFxGraph") \
+                    else name.removeprefix("autograd::engine::evaluate_function: ")  # the engine's share
+                others[name] = others.get(name, 0.0) + ms
+        matmul_flops = sum(n for op, n in self.op_flops.items() if is_matmul(op))
+        heavy = parts["matmul"] + parts["attention"]
+        return {"step_ms": step_ms, **{f"{k}_ms": v for k, v in parts.items()},
+                "other_ms": step_ms - sum(parts.values()),
+                "matmul_share_of_peak": matmul_flops / max(parts["matmul"], 1e-9) / 1e6 / peak,
+                "ceiling_share_of_peak": self.flops / max(heavy, 1e-9) / 1e6 / peak,
+                "others_ms": dict(sorted(others.items(), key=lambda kv: -kv[1]))}  # largest first
 
     def figures(self, peak: float) -> dict:
         step_s = statistics.median(self.times)
@@ -197,11 +245,25 @@ def format_table(result: dict) -> str:
             lines.append(f"{first[stage]['row']} vs {r['row']}: {first[stage]['units_per_s'] / r['units_per_s']:.2f}x "
                          f"the {r['unit']}/s, side by side")
         first.setdefault(stage, r)
+    if any("breakdown" in r for r in result["rows"]):
+        lines += ["", "where a step's time goes, ms (torch.profiler, its own cost in \"other\"; "
+                  "ceiling: the % peak with only the matmuls and attention taking time)",
+                  f"{'row':<10} {'step':>7} {'matmul':>7} {'(% peak)':>8} {'attention':>9} {'optimizer':>9} "
+                  f"{'other':>7} {'ceiling %':>9}"]
+        for r in result["rows"]:
+            b = r["breakdown"]
+            lines.append(f"{r['row']:<10} {b['step_ms']:>7.1f} {b['matmul_ms']:>7.1f} "
+                         f"{100 * b['matmul_share_of_peak']:>8.1f} {b['attention_ms']:>9.1f} "
+                         f"{b['optimizer_ms']:>9.1f} {b['other_ms']:>7.1f} {100 * b['ceiling_share_of_peak']:>9.1f}")
+        for r in result["rows"]:
+            largest = list(r["breakdown"]["others_ms"].items())[:5]
+            lines.append(f"{r['row']}, largest others: "
+                         + ", ".join(f"{name.removeprefix('aten::')} {ms:.1f}" for name, ms in largest))
     return "\n".join(lines)
 
 
 def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy: bool = False,
-              warmup: int = 3, repeats: int = 10, compile_: bool = False) -> dict:
+              warmup: int = 3, repeats: int = 10, compile_: bool = False, breakdown: bool = False) -> dict:
     """Build every row of the chosen stages (letters, "" = all), then time them and the peak in rounds."""
     threads = cpu_threads(threads)
     torch.set_num_threads(threads)
@@ -229,6 +291,8 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
             row.timed_step()
     peak = statistics.median(peaks)
     figures = [row.figures(peak) for row in rows]
+    for row, fig in zip(rows, figures) if breakdown else ():
+        fig["breakdown"] = row.breakdown(peak)
     machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                "threads": threads, "dtype": str(dtype).removeprefix("torch."), "peak_gflop_per_s": peak,
                "load_avg": load, "torch": torch.__version__, "compile": compile_}
@@ -247,10 +311,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=10, help="timed steps; the median is reported")
     p.add_argument("--compile", action="store_true",
                    help="train every row through torch.compile, as --train.compile=true does (compiles first)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="then profile each row: time in matmuls, attention, optimizer and the rest (CPU)")
     a = p.parse_args(argv)
+    if a.gpu_configs and a.breakdown:
+        raise config.UserError("--breakdown: reads the profiler's CPU times, so it runs without --gpu-configs "
+                               "(on a GPU, use torch.profiler's CUDA activity yourself)")
     if a.gpu_configs and not torch.cuda.is_available():
         raise config.UserError("--gpu-configs: this machine has no CUDA GPU (leave the flag out on a CPU)")
-    result = run_bench(a.stages, a.threads, a.gpu_configs, a.toy, a.warmup, max(1, a.repeats), a.compile)
+    result = run_bench(a.stages, a.threads, a.gpu_configs, a.toy, a.warmup, max(1, a.repeats), a.compile,
+                       a.breakdown)
     print(format_table(result))
     out = repo_path(a.json)
     try:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from omni import bench
+from omni.bench_rows import Case
 from omni.config import UserError
 from omni.thinker import Thinker, ThinkerConfig
 
@@ -48,6 +49,30 @@ def test_compiled_rows_count_the_same_flops(tmp_path, capsys):
     assert "every row compiled (torch.compile)" in capsys.readouterr().out and result["machine"]["compile"]
     assert [r["gflop_per_step"] for r in result["rows"]] == [r["gflop_per_step"] for r in plain["rows"]]
     assert all(r["units_per_s"] > 0 for r in result["rows"])
+
+
+def test_breakdown_puts_each_kernel_in_its_kind(capsys):
+    """--breakdown splits a profiled step into matmuls, attention, optimizer and the rest. A model of one
+    linear layer and a sum: its matmuls land in "matmul" with every FLOP of the step, nothing in
+    attention, the sum among the others. The Thinker's toy row has attention, and nothing double counts
+    (the other time, what the three kinds leave of the step, is not negative)."""
+    case = Case(torch.nn.Linear(64, 96), (torch.randn(256, 64),), lambda model, b: model(*b).sum(), 256, "row")
+    row = bench.Row("linear", case, torch.device("cpu"), torch.float32, warmup=1)
+    b = row.breakdown(peak=100.0, steps=2)
+    assert b["matmul_ms"] > 0 and b["attention_ms"] == 0 and b["optimizer_ms"] > 0 and b["other_ms"] >= 0
+    assert "aten::sum" in b["others_ms"] and not any(bench.is_matmul(name) for name in b["others_ms"])
+    # every FLOP of a linear layer is a matmul's: the matmul kernels' share of the peak is the ceiling's
+    assert b["matmul_share_of_peak"] == pytest.approx(b["ceiling_share_of_peak"], rel=0.01)
+
+    result = bench.main(["--toy", "--breakdown", "--stages", "A", "--threads", "1", "--warmup", "1",
+                         "--repeats", "1", "--json", os.devnull])
+    table = capsys.readouterr().out
+    assert "where a step's time goes" in table and "A thinker, largest others: " in table
+    for r in result["rows"]:
+        b = r["breakdown"]
+        assert b["matmul_ms"] > 0 and b["attention_ms"] > 0 and b["other_ms"] >= 0, r["row"]
+    with pytest.raises(UserError, match="--breakdown"):
+        bench.main(["--toy", "--breakdown", "--gpu-configs"])
 
 
 def test_gpu_configs_build_and_step_every_row():

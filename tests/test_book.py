@@ -22,7 +22,8 @@ STAGE_SCRIPTS = ["train_text", "train_audio_enc", "train_vision", "train_talker"
 OTHER_FLAGS = {"config", "resume", "debug", "stages", "prompt", "tokens", "temperature", "top_k", "seed",
                "out", "root", "captions", "images", "help", "key", "nproc_per_node",
                "json", "image", "audio", "text", "checkpoint", "talker", "demo", "voice", "other-synth", "seeds",
-               "stage", "answer-share", "answer-rate-spread", "gpu-configs", "train-voices", "compile"}
+               "stage", "answer-share", "answer-rate-spread", "gpu-configs", "train-voices", "compile",
+               "breakdown"}
 RUN_FILES = {"config.json", "curves.png", "meta.json", "metrics.json", "log.jsonl"}  # written into run dirs
 
 
