@@ -56,3 +56,22 @@ def test_make_deterministic_sets_the_modes(monkeypatch):
         assert not torch.backends.cudnn.benchmark
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_importing_omni_settles_the_vector_math_before_any_threaded_call():
+    """MKL's vector math picks its code path on its first call; a first call on two threads gave the
+    second thread's half of a RoPE cos table from another path in 3 and 10 of 30 processes without the
+    settling call in omni/__init__.py (chapters/logs/vml_first_call.txt). Twelve fresh processes that import omni, then
+    build the table on two threads: the first result equals a later one in every process."""
+    import subprocess
+    import sys
+
+    from omni.paths import ROOT
+
+    child = ("import omni, torch; torch.set_num_threads(2)\n"
+             "a = torch.cat([torch.outer(torch.arange(256).float(),"
+             " 1.0 / 10000.0 ** (torch.arange(0, 32, 2).float() / 32))] * 2, dim=-1)\n"
+             "print(torch.equal(a.cos(), a.cos()))")
+    runs = [subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, check=True)
+            for _ in range(12)]
+    assert [r.stdout.strip() for r in runs] == ["True"] * 12
