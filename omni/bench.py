@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -44,12 +45,12 @@ from omni.trainer import compiled
 # ---------------------------------------------------------------- measuring
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")  # operator names
+ATTENTION = "aten::_scaled_dot_product"  # the prefix of every attention kernel's name, forward and backward
 
 
 def is_matmul(name: str) -> bool:
     """A matmul or a convolution (im2col, a matmul too): the kernels that can approach the peak."""
-    return name in MATMULS or "conv" in name  # aten::mkldnn_convolution, _slow_conv2d_forward, ...
-ATTENTION = "aten::_scaled_dot_product"  # the prefix of every attention kernel's name, forward and backward
+    return name in MATMULS or re.search(r"conv(olution|\d|_)", name) is not None  # mkldnn_convolution, ...
 
 
 def count_flops(fn: Callable[[], None]) -> int:
@@ -291,8 +292,9 @@ def run_bench(stages: str = "", threads: int = 0, gpu_configs: bool = False, toy
             row.timed_step()
     peak = statistics.median(peaks)
     figures = [row.figures(peak) for row in rows]
-    for row, fig in zip(rows, figures) if breakdown else ():
-        fig["breakdown"] = row.breakdown(peak)
+    if breakdown:
+        for row, fig in zip(rows, figures):
+            fig["breakdown"] = row.breakdown(peak)
     machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name(),
                "threads": threads, "dtype": str(dtype).removeprefix("torch."), "peak_gflop_per_s": peak,
                "load_avg": load, "torch": torch.__version__, "compile": compile_}
