@@ -158,10 +158,13 @@ class Row:
         self.peak_mem_mb = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" \
             else max(0.0, _rss_mb("VmHWM") - base)  # what the model, optimizer, batch and activations added
         self.op_flops = flops_by_op(lambda: self.forward_backward(self.model))  # the same FLOPs either way
-        self.flops = sum(self.op_flops.values())
         self.opt.zero_grad(set_to_none=True)
         self.times: list[float] = []
         self.data_times: list[float] = []
+
+    @property
+    def flops(self) -> int:
+        return sum(self.op_flops.values())
 
     def forward_backward(self, model: torch.nn.Module) -> None:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
